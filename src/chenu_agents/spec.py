@@ -1,0 +1,227 @@
+"""The agent source folder: load config.yaml and tools/definitions.yaml, check them against their schemas.
+
+Every problem of a file is reported at once, each with the file, the line where YAML gives one, the
+field as a dotted path and what was expected.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import ValidationError
+
+from .errors import Problem, SpecError
+
+CONFIG_FILE = "config.yaml"
+TOOLS_FILE = "tools/definitions.yaml"
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that keeps timestamps as the strings the author wrote (the schema checks them)."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    ch: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for ch, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+@dataclass(frozen=True)
+class Tool:
+    name: str
+    description: str
+    handler: str
+    entrypoint: str
+    input_schema: dict
+    permissions: dict
+    limits: dict
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    root: Path
+    config: dict
+    tools: tuple[Tool, ...] = field(default_factory=tuple)
+
+    @property
+    def agent(self) -> dict:
+        return self.config["agent"]
+
+    @property
+    def id(self) -> str:
+        return self.agent["id"]
+
+    @property
+    def version(self) -> str:
+        return self.agent["version"]
+
+
+@cache
+def schema(name: str) -> dict:
+    return json.loads(resources.files("chenu_agents.schemas").joinpath(f"{name}.json").read_text())
+
+
+def _validator(name: str) -> Draft202012Validator:
+    return Draft202012Validator(schema(name))
+
+
+def load_yaml(path: Path, display: str) -> tuple[Any, yaml.Node | None]:
+    """Parse a YAML file into data and its node tree (for line numbers)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(f"{display} is missing", [Problem(display, "(file)", "file must exist")]) from None
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{display} is not UTF-8", [Problem(display, "(file)", f"UTF-8 text ({exc.reason})")]) from None
+    try:
+        node = yaml.compose(text, Loader=_Loader)
+        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark else None
+        raise SpecError(
+            f"{display} is not valid YAML", [Problem(display, "(file)", f"valid YAML: {exc}", line)]
+        ) from None
+    return data, node
+
+
+def _line(node: yaml.Node | None, path: list) -> int | None:
+    """Line of the deepest node along a JSON path (1-based)."""
+    best = node.start_mark.line + 1 if node is not None else None
+    for key in path:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                if k.value == key:
+                    node, best = v, k.start_mark.line + 1
+                    break
+            else:
+                return best
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+            best = node.start_mark.line + 1
+        else:
+            return best
+    return best
+
+
+def _dotted(path: list) -> str:
+    text = ""
+    for key in path:
+        text += f"[{key}]" if isinstance(key, int) else (f".{key}" if text else str(key))
+    return text or "(root)"
+
+
+def _expected(error: ValidationError) -> tuple[list, str]:
+    path = list(error.absolute_path)
+    if error.validator == "required":
+        missing = error.message.split("'")[1] if "'" in error.message else error.message
+        return [*path, missing], "required field is missing"
+    if error.validator == "additionalProperties":
+        return path, f"unknown field ({error.message})"
+    if error.validator == "enum":
+        return path, "one of " + ", ".join(map(str, error.validator_value)) + f" (got {error.instance!r})"
+    if error.validator == "type":
+        return path, f"a value of type {error.validator_value} (got {type(error.instance).__name__})"
+    if error.validator == "pattern":
+        return path, f"a string matching {error.validator_value} (got {error.instance!r})"
+    return path, error.message
+
+
+def schema_problems(data: Any, node: yaml.Node | None, schema_name: str, display: str) -> list[Problem]:
+    problems = []
+    for error in _validator(schema_name).iter_errors(data):
+        path, expected = _expected(error)
+        problems.append(Problem(display, _dotted(path), expected, _line(node, path)))
+    return sorted(problems, key=lambda p: (p.line or 0, p.field))
+
+
+def load_agent(root: str | Path) -> AgentSpec:
+    """Load and check an agent folder; raise SpecError listing every problem of every file."""
+    root = Path(root)
+    if not root.is_dir():
+        raise SpecError(f"{root} is not an agent folder", [Problem(str(root), "(folder)", "a directory")])
+    problems: list[Problem] = []
+
+    config, config_node = load_yaml(root / CONFIG_FILE, CONFIG_FILE)
+    problems += schema_problems(config, config_node, "agent_config", CONFIG_FILE)
+    agent_id = config.get("agent", {}).get("id") if isinstance(config, dict) else None
+    if isinstance(agent_id, str) and agent_id != root.name:
+        problems.append(
+            Problem(
+                CONFIG_FILE,
+                "agent.id",
+                f"the folder name {root.name!r} (got {agent_id!r})",
+                _line(config_node, ["agent", "id"]),
+            )
+        )
+
+    tools: list[Tool] = []
+    if (root / TOOLS_FILE).exists():
+        defs, defs_node = load_yaml(root / TOOLS_FILE, TOOLS_FILE)
+        tool_problems = schema_problems(defs, defs_node, "tool_definitions", TOOLS_FILE)
+        problems += tool_problems
+        if not tool_problems:
+            tools, extra = _check_tools(root, defs["tools"], defs_node)
+            problems += extra
+
+    if problems:
+        raise SpecError(f"agent folder {root} does not match its schema", problems)
+    return AgentSpec(root=root, config=config, tools=tuple(tools))
+
+
+def _check_tools(root: Path, entries: list[dict], node: yaml.Node | None) -> tuple[list[Tool], list[Problem]]:
+    problems: list[Problem] = []
+    tools: list[Tool] = []
+    seen: set[str] = set()
+    for i, entry in enumerate(entries):
+        name = entry["name"]
+        if name in seen:
+            problems.append(
+                Problem(
+                    TOOLS_FILE,
+                    f"tools[{i}].name",
+                    f"a unique name ({name!r} repeats)",
+                    _line(node, ["tools", i, "name"]),
+                )
+            )
+        seen.add(name)
+        handler = root / "tools" / entry["handler"]
+        if ".." in Path(entry["handler"]).parts or not handler.is_file():
+            problems.append(
+                Problem(
+                    TOOLS_FILE,
+                    f"tools[{i}].handler",
+                    f"an existing file under tools/ (got {entry['handler']!r})",
+                    _line(node, ["tools", i, "handler"]),
+                )
+            )
+        try:
+            Draft202012Validator.check_schema(entry["input_schema"])
+        except Exception as exc:  # jsonschema raises SchemaError; report its message whatever it is
+            problems.append(
+                Problem(
+                    TOOLS_FILE,
+                    f"tools[{i}].input_schema",
+                    f"a valid JSON Schema ({getattr(exc, 'message', exc)})",
+                    _line(node, ["tools", i, "input_schema"]),
+                )
+            )
+        tools.append(
+            Tool(
+                name=name,
+                description=entry["description"],
+                handler=entry["handler"],
+                entrypoint=entry.get("entrypoint", "handle"),
+                input_schema=entry["input_schema"],
+                permissions={"filesystem": "none", "network": "none", "env": [], **entry.get("permissions", {})},
+                limits=entry.get("limits", {}),
+            )
+        )
+    return tools, problems
