@@ -101,6 +101,10 @@ class KeyStore(ABC):
 # --- file ------------------------------------------------------------------------------------------
 
 
+def _generate_rsa_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
 def key_id_for(public_key: rsa.RSAPublicKey) -> str:
     der = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return "file:" + hashlib.sha256(der).hexdigest()[:16]
@@ -194,7 +198,7 @@ class FileKeyStore(KeyStore):
             os.close(fd)
 
     def _new_key(self, now: datetime) -> dict[str, Any]:
-        private = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        private = _generate_rsa_key()
         key_id = key_id_for(private.public_key())
         pem = private.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
