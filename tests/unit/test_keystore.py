@@ -110,7 +110,7 @@ def test_private_key_never_visible_before_rename(store: FileKeyStore, monkeypatc
 
 def test_refuses_a_loose_directory(tmp_path: Path) -> None:
     (tmp_path / "keys").mkdir(mode=0o755)
-    os.chmod(tmp_path / "keys", 0o755)
+    os.chmod(tmp_path / "keys", 0o755)  # noqa: S103 - the loose mode is the point of the test
     with pytest.raises(KeyStoreError, match="0755"):
         FileKeyStore(tmp_path / "keys").ensure_key(now=NOW)
     assert list((tmp_path / "keys").iterdir()) == []
@@ -251,7 +251,7 @@ def test_private_key_never_leaks(store: FileKeyStore) -> None:
 def test_corrupt_keyring(store: FileKeyStore) -> None:
     store.ensure_key(now=NOW)
     store.keyring_path.write_text("{not json")
-    with pytest.raises(KeyStoreError, match="keyring.json"):
+    with pytest.raises(KeyStoreError, match=r"keyring\.json"):
         store.current_key_id()
 
 
