@@ -91,3 +91,24 @@ class RollbackRefused(VerificationError):
 
 class LifecycleError(ChenuError):
     """A lifecycle transition is not allowed."""
+
+
+class SandboxError(ChenuError):
+    """A tool call cannot be set up in the sandbox (interpreter missing, grant refused)."""
+
+
+class ProviderError(ChenuError):
+    """An LLM provider call failed; `retryable` says whether another attempt may succeed."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool = False,
+        status: int | None = None,
+        provider: str | None = None,
+    ):
+        self.retryable = retryable
+        self.status = status
+        self.provider = provider
+        super().__init__(message)
