@@ -18,7 +18,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
@@ -126,7 +126,10 @@ class TrustedKey:
 
     @cached_property
     def public_key(self) -> rsa.RSAPublicKey:
-        key = serialization.load_pem_public_key(self.public_pem.encode())
+        try:
+            key = serialization.load_pem_public_key(self.public_pem.encode())
+        except (ValueError, UnsupportedAlgorithm):
+            raise VerificationError(f"trust store key {self.key_id} has an unreadable public key") from None
         if not isinstance(key, rsa.RSAPublicKey):
             raise VerificationError(f"key {self.key_id} is not an RSA public key")
         return key

@@ -496,6 +496,12 @@ def test_vault_wrong_token(fake_vault: FakeVault) -> None:
         store.ensure_key(now=NOW)
 
 
+def test_vault_without_hvac_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(keystore_mod, "HAS_HVAC", False)
+    with pytest.raises(KeyStoreError, match="hvac"):
+        select_keystore("vault", url="http://127.0.0.1:1", token="t")
+
+
 @pytest.mark.skipif(
     not (os.environ.get("VAULT_ADDR") and os.environ.get("VAULT_TOKEN")),
     reason="needs a real Vault: set VAULT_ADDR and VAULT_TOKEN (transit and KV v2 'secret' mounts enabled)",

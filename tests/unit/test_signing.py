@@ -523,3 +523,11 @@ def test_trust_store_merge_is_a_union_and_pure() -> None:
 def test_trust_store_merge_refuses_two_keys_under_one_id() -> None:
     with pytest.raises(errors.VerificationError, match="two different public keys"):
         TrustStore((_key("a", "PEM1"),)).merge(TrustStore((_key("a", "PEM2"),)))
+
+
+def test_unreadable_public_key_fails_closed(world: World) -> None:
+    world.sign()
+    key = world.trust().get(world.store.current_key_id())
+    broken = TrustStore((replace(key, public_pem="-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n"),))
+    with pytest.raises(errors.VerificationError, match="unreadable public key"):
+        verify_bundle(world.bundle, broken, now=NOW + HOUR)
