@@ -54,7 +54,10 @@ def handle(args: dict) -> dict:
     region = unicodedata.normalize("NFKD", str(args.get("region", ""))).encode("ascii", "ignore").decode()
     region = region.strip().lower().replace("-", "_").replace(" ", "_")
     if region not in REGION_FACTORS:
-        return {"error": f"région non prise en charge : {args.get('region')}", "known_regions": list(REGION_FACTORS)}
+        return {
+            "error": f"région non prise en charge : {args.get('region')}",
+            "known_regions": list(REGION_FACTORS),
+        }
     area = args.get("area_m2")
     if isinstance(area, bool) or not isinstance(area, (int, float)) or not math.isfinite(area):
         return {"error": "area_m2 doit être un nombre"}

@@ -41,7 +41,10 @@ def handle(args: dict) -> dict:
             return {"error": f"élément {index} : dimensions doit être un objet"}
         for key, value in dimensions.items():
             if key.endswith("_m") and (
-                isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or value <= 0
             ):
                 return {"error": f"élément {index} : {key} doit être un nombre positif"}
         absent = [key for key in required if key not in dimensions]
