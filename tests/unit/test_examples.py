@@ -125,6 +125,22 @@ def test_scripted_answer_satisfies_scenario(agent, path):
     assert check_case(agent, case) == []
 
 
+@pytest.mark.parametrize(("agent", "path"), _cases())
+def test_scripted_provider_gives_the_same_answer(agent, path):
+    """The package's ScriptedProvider, driven through one tool round, answers as the evaluator does."""
+    providers = pytest.importorskip("chenu_agents.providers")
+    provider = providers.ScriptedProvider(f"scripted/{agent}", AGENTS_DIR / agent / "tests" / "scripted.yaml")
+    text = _yaml(path)["when"]["input"]
+    messages = [{"role": "user", "content": text}]
+    completion = provider.complete(messages)
+    for call in completion.tool_calls:
+        result = _tools(agent)[call.name][0](dict(call.arguments))
+        messages.append({"role": "tool", "name": call.name, "content": result})
+    if completion.tool_calls:
+        completion = provider.complete(messages)
+    assert completion.text == run_scripted(agent, text)[0]
+
+
 def test_evaluator_catches_a_missing_string():
     case = _yaml(AGENTS_DIR / "takeoff" / "tests" / "scenarios" / "happy_concrete_slab.yaml")
     case["then"]["contains"] = [*case["then"]["contains"], "9999.99 m³"]
