@@ -200,7 +200,11 @@ def test_agent_folder_follows_the_contract(agent):
     assert config["id"] == agent
     for rel in ("prompts/system.md", "docs/README.md", "docs/CHANGELOG.md", "metrics/baseline.yaml"):
         assert (root / rel).is_file(), rel
-    assert list((root / "prompts" / "templates").glob("*.j2"))
+    templates = sorted((root / "prompts" / "templates").glob("*.j2"))
+    assert templates
+    env = SandboxedEnvironment(autoescape=False)
+    for template in [root / "prompts" / "system.md", *templates]:
+        env.parse(template.read_text(encoding="utf-8"))
     for example in (root / "prompts" / "examples").glob("*.yaml"):
         assert set(_yaml(example)) == {"input", "output"}, example.name
     assert sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) < 1_000_000
