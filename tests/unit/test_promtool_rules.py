@@ -31,8 +31,8 @@ def _trust(value):
     return value
 
 
-def render_rules(dest: Path, overrides: dict | None = None) -> list[Path]:
-    """Render every rule template of the role into dest, as the role would with its defaults."""
+def render_template(name: str, overrides: dict | None = None) -> str:
+    """Render one of the role's templates as the role would with its defaults (and overrides)."""
     from ansible.parsing.dataloader import DataLoader
     from ansible.template import Templar, trust_as_template
 
@@ -43,10 +43,15 @@ def render_rules(dest: Path, overrides: dict | None = None) -> list[Path]:
     variables.update({"ansible_managed": "Ansible managed", "groups": {"all": []}, "group_names": [], "hostvars": {}})
     variables.update(_trust(overrides or {}))
     templar = Templar(loader=loader, variables=variables)
+    return templar.template(trust_as_template((ROLE / "templates" / name).read_text()))
+
+
+def render_rules(dest: Path, overrides: dict | None = None) -> list[Path]:
+    """Render every rule template of the role into dest."""
     rendered = []
     for template in RULE_TEMPLATES:
         target = dest / template.name.removesuffix(".j2")
-        target.write_text(templar.template(trust_as_template(template.read_text())))
+        target.write_text(render_template(f"rules/{template.name}", overrides))
         rendered.append(target)
     return rendered
 
