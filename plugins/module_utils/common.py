@@ -11,7 +11,7 @@ import traceback
 from ansible.module_utils.basic import missing_required_lib
 
 try:
-    import chenu_agents  # noqa: F401
+    import chenu_agents  # noqa: F401  # pylint: disable=unused-import
     from chenu_agents.errors import ChenuError
 except ImportError:
     HAS_CHENU_AGENTS = False
@@ -27,6 +27,7 @@ else:
 
 KEYSTORE_SPEC = dict(
     type="dict",
+    no_log=False,
     default={},
     options=dict(
         type=dict(type="str", default="file", choices=["file", "vault"]),

@@ -19,7 +19,7 @@ description:
     window, an expired statement, a statement for another agent or version, and a version lower
     than the highest already accepted (unless O(allow_rollback=true)).
 author:
-  - chenu.agents contributors
+  - chenu.agents maintainers (@chenu-agents)
 extends_documentation_fragment:
   - chenu.agents.keystore
 options:
@@ -70,11 +70,14 @@ options:
     default: false
 attributes:
   check_mode:
+    description: Can run in check mode and report what would change without changing it.
     support: full
     details: Reports whether a signature would be made or a version recorded, without writing.
   diff_mode:
+    description: Returns details on what changed (or would change) in diff mode.
     support: full
   idempotent:
+    description: A second run with the same arguments reports no change.
     support: full
     details: A valid, current statement is kept; PSS signatures are randomised, so re-signing would change bytes.
 requirements:

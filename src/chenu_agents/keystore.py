@@ -406,7 +406,7 @@ class VaultTransitKeyStore(KeyStore):
         latest = int(data["latest_version"])
         if self.key_id(latest) in revoked:
             return None
-        for version, created, _ in self._versions(data):
+        for version, created, _pem in self._versions(data):
             if version == latest:
                 return latest, created
         raise KeyStoreError(f"transit key {self._where()} does not list its latest version {latest}")
@@ -445,7 +445,7 @@ class VaultTransitKeyStore(KeyStore):
     def revoke(self, key_id: str, now: datetime | None = None, *, dry_run: bool = False) -> bool:
         now = utc(now)
         data = self._read_key()
-        known = {self.key_id(v) for v, _, _ in self._versions(data)} if data else set()
+        known = {self.key_id(v) for v, _created, _pem in self._versions(data)} if data else set()
         if key_id not in known:
             raise KeyStoreError(f"key {key_id} is not a version of {self._where()}")
         revoked, version = self._read_revocations()
@@ -482,7 +482,7 @@ class VaultTransitKeyStore(KeyStore):
         if not match or int(match.group(1)) != version:
             raise KeyStoreError(f"Vault returned an unexpected signature format from {self._where()}")
         signature = base64.b64decode(match.group(2))
-        public_pem = next(pem for v, _, pem in self._versions(key) if v == version)
+        public_pem = next(pem for v, _created, pem in self._versions(key) if v == version)
         trusted = TrustedKey(self.key_id(version), public_pem, valid_from=current[1])
         if not trusted.verify(data, signature):
             raise KeyStoreError(

@@ -407,7 +407,7 @@ def select_provider(
     session: requests.Session | None = None,
 ) -> Provider:
     """A provider for "<provider>/<model>" (config.yaml's llm.primary and llm.fallback entries)."""
-    prefix, _, model = spec.partition("/")
+    prefix, _sep, model = spec.partition("/")
     if not model:
         raise ProviderError(f"{spec!r}: expected <provider>/<model>")
     base_urls, api_keys = base_urls or {}, api_keys or {}

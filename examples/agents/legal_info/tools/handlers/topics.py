@@ -134,7 +134,7 @@ TOPICS = {
 def _fold(text: str) -> str:
     decomposed = unicodedata.normalize("NFKD", text)
     plain = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
-    return re.sub(r"\s+", " ", plain.replace("’", "'").strip().lower())
+    return re.sub(r"\s+", " ", plain.replace("\u2019", "'").strip().lower())
 
 
 def _mentions(text: str, keywords: list[str]) -> bool:
