@@ -43,7 +43,8 @@ def render_template(name: str, overrides: dict | None = None) -> str:
     variables.update({"ansible_managed": "Ansible managed", "groups": {"all": []}, "group_names": [], "hostvars": {}})
     variables.update(_trust(overrides or {}))
     templar = Templar(loader=loader, variables=variables)
-    return templar.template(trust_as_template((ROLE / "templates" / name).read_text()))
+    # escape_backslashes=False: what ansible.builtin.template's action plugin passes.
+    return templar.template(trust_as_template((ROLE / "templates" / name).read_text()), escape_backslashes=False)
 
 
 def render_rules(dest: Path, overrides: dict | None = None) -> list[Path]:
@@ -144,18 +145,20 @@ def test_slo_rules_follow_the_seed_objectives(rules_dir):
     assert "chenu:agent_request_errors:ratio_rate30d" in records
 
 
-def test_per_agent_overrides_render_valid_rules(promtool, tmp_path):
+def test_overrides_render_valid_rules(promtool, tmp_path):
     render_rules(
         tmp_path,
         {
             "monitoring_slo_agents": {
                 "estimator": {"availability_target": 99.9, "latency_thresholds_seconds": {"p95": 2}}
-            }
+            },
+            "monitoring_slo_error_code_regex": r"5\d\d|429",
         },
     )
     text = (tmp_path / "chenu_slo.rules.yml").read_text()
     assert 'agent!~"estimator"' in text
     assert 'agent="estimator"}) + 0.001' in text
+    assert r'code=~"5\\d\\d|429"' in text
     result = subprocess.run(
         [promtool, "check", "rules", str(tmp_path / "chenu_slo.rules.yml")], capture_output=True, text=True, check=False
     )
