@@ -94,17 +94,23 @@ def main() -> None:
         dest = work / f"{agent.name}.tar.zst"
         v = timed(lambda dest=dest: signing.verify_bundle(dest, trust), max(200, args.runs))
         s = timed(lambda dest=dest: sh(f"sha256sum {dest}"), args.runs)
-        print(f"{agent.name:<12}{dest.stat().st_size:>9}{ms(statistics.median(v)):>11}{ms(p95(v)):>9}{ms(statistics.median(s)):>14}")
+        print(
+            f"{agent.name:<12}{dest.stat().st_size:>9}{ms(statistics.median(v)):>11}{ms(p95(v)):>9}{ms(statistics.median(s)):>14}"
+        )
     big = work / "big.bin"
     big.write_bytes(os.urandom(50 << 20))
     signing.sign_bundle(big, store, agent="big", version="1.0.0")
     v = timed(lambda: signing.verify_bundle(big, trust), 10)
     s = timed(lambda: sh(f"sha256sum {big}"), 5)
-    print(f"{'50 MiB file':<12}{big.stat().st_size:>9}{ms(statistics.median(v)):>11}{ms(p95(v)):>9}{ms(statistics.median(s)):>14}")
+    print(
+        f"{'50 MiB file':<12}{big.stat().st_size:>9}{ms(statistics.median(v)):>11}{ms(p95(v)):>9}{ms(statistics.median(s)):>14}"
+    )
     big.unlink()
 
     print("\n## 3. size: compressed / raw (zstd -19), without and with a 16 KiB dictionary trained on prompts")
-    samples = [p.read_bytes() for a in agents for p in agent_files(a) if "prompts" in p.parts or p.suffix in {".md", ".yaml"}]
+    samples = [
+        p.read_bytes() for a in agents for p in agent_files(a) if "prompts" in p.parts or p.suffix in {".md", ".yaml"}
+    ]
     dictionary = zstandard.train_dictionary(16 * 1024, samples * 8)  # repeated: zstd needs enough samples
     print(f"(dictionary trained in-sample on {len(samples)} files: an optimistic bound for the dictionary)")
     print(f"{'agent':<12}{'raw':>8}{'plain':>8}{'ratio':>7}{'saving':>8}{'w/ dict':>9}{'ratio':>7}{'dict gain':>10}")
@@ -127,7 +133,10 @@ def main() -> None:
     for i in range(5):
         tasks.append({"name": f"true {i}", "ansible.builtin.command": "/bin/true", "changed_when": False})
         tasks.append(
-            {"name": f"verify {i}", "chenu.agents.agent_signature": {"bundle": str(dest), "trust_store": str(work / "trust.json")}}
+            {
+                "name": f"verify {i}",
+                "chenu.agents.agent_signature": {"bundle": str(dest), "trust_store": str(work / "trust.json")},
+            }
         )
     playbook.write_text(json.dumps([{"hosts": "localhost", "gather_facts": False, "tasks": tasks}]))
     env = {
