@@ -26,6 +26,7 @@ from pathlib import Path
 import zstandard
 
 from chenu_agents import bundle, signing
+from chenu_agents.files import write_if_changed
 from chenu_agents.keystore import FileKeyStore
 from chenu_agents.policy import agent_files
 
@@ -74,7 +75,7 @@ def main() -> None:
 
         def ours(agent=agent, dest=dest):
             result = bundle.build(agent)
-            bundle.atomic_write(dest, result.data)
+            write_if_changed(dest, result.data)
             signing.sign_bundle(dest, store, agent=result.agent, version=result.version)
             signing.verify_bundle(dest, trust, agent=result.agent, version=result.version)
 

@@ -134,6 +134,7 @@ def _digest_of(path):
 
 def ensure_bundle(module):
     from chenu_agents import bundle, policy
+    from chenu_agents.files import write_if_changed
 
     params = module.params
     result = bundle.build(
@@ -144,7 +145,7 @@ def ensure_bundle(module):
     before = _digest_of(params["dest"])
     changed = before != result.digest
     if changed and not module.check_mode:
-        bundle.atomic_write(params["dest"], result.data)
+        write_if_changed(params["dest"], result.data)
     out = dict(changed=changed, dest=params["dest"], **result.summary())
     if module._diff:
         out["diff"] = dict(before=dict(digest=before), after=dict(digest=result.digest))

@@ -168,26 +168,6 @@ def build(
     return pack(spec, level)
 
 
-def atomic_write(dest: str | Path, data: bytes, mode: int = FILE_MODE) -> bool:
-    """Write bytes to dest through a temporary file and a rename; False when dest already holds them."""
-    dest = Path(dest)
-    if dest.is_file() and not dest.is_symlink() and dest.stat().st_size == len(data) and dest.read_bytes() == data:
-        return False
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return True
-
-
 def _check_name(name: str, limits: Limits) -> str | None:
     """Why a member name is refused, or None."""
     if not name or "\x00" in name or "\\" in name:

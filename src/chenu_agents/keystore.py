@@ -25,10 +25,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from .errors import KeyStoreError, Problem
+from .files import atomic_write
 from .trust import (
     TrustedKey,
     TrustStore,
-    atomic_write,
     dump_json,
     format_time,
     parse_time,

@@ -33,10 +33,11 @@ from .errors import (
     UnknownKey,
     VerificationError,
 )
+from .files import atomic_write
 from .keystore import KeyStore
 from .semver import compare as semver_compare
 from .semver import parse as semver_parse
-from .trust import ALGORITHM, AcceptedVersions, TrustedKey, TrustStore, atomic_write, format_time, parse_time, utc
+from .trust import ALGORITHM, AcceptedVersions, TrustedKey, TrustStore, dump_json, format_time, parse_time, utc
 
 STATEMENT_TYPE = "chenu.agents/statement/v1"
 CLOCK_SKEW = timedelta(minutes=5)
@@ -155,7 +156,7 @@ def sign_bundle(
         "signature": base64.b64encode(signature).decode(),
         "algorithm": ALGORITHM,
     }
-    atomic_write(sig_path, (json.dumps(envelope, indent=2, sort_keys=True) + "\n").encode(), 0o644)
+    atomic_write(sig_path, dump_json(envelope), 0o644)
     return statement
 
 

@@ -6,11 +6,9 @@ the signature primitive live here too, because key stores and the signing module
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -23,6 +21,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 from .errors import Problem, VerificationError
+from .files import atomic_write
 from .semver import compare as semver_compare
 from .semver import parse as semver_parse
 
@@ -70,34 +69,6 @@ def parse_time(text: str, *, strict: bool = True) -> datetime:
 
 def _opt_time(value: Any) -> datetime | None:
     return None if value is None else parse_time(value, strict=False)
-
-
-# --- atomic files ----------------------------------------------------------------------------------
-
-
-def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int = 0o644) -> None:
-    """Write via a temp file in the same directory, created with its final mode, then rename over."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        # mkstemp creates 0600, so a private file is never readable by others; widen only if asked.
-        if mode != 0o600:
-            os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):
-        dirfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dirfd)
-        finally:
-            os.close(dirfd)
 
 
 def dump_json(obj: Any) -> bytes:
@@ -292,7 +263,6 @@ __all__ = [
     "AcceptedVersions",
     "TrustStore",
     "TrustedKey",
-    "atomic_write",
     "format_time",
     "parse_time",
     "utc",

@@ -13,6 +13,7 @@ import zstandard
 
 from chenu_agents import bundle
 from chenu_agents.errors import BundleError, PolicyViolation, SpecError
+from chenu_agents.files import write_if_changed
 from tests.conftest import write_agent
 
 
@@ -68,11 +69,11 @@ def test_build_refuses_bad_spec_and_policy(tmp_path):
         bundle.build(write_agent(tmp_path / "b", files={"tools/handlers/area.py": "import os\n"}))
 
 
-def test_atomic_write_is_idempotent(tmp_path, agent_dir):
+def test_write_if_changed_is_idempotent(tmp_path, agent_dir):
     data = bundle.build(agent_dir).data
     dest = tmp_path / "out" / "b.tar.zst"
-    assert bundle.atomic_write(dest, data) is True
-    assert bundle.atomic_write(dest, data) is False
+    assert write_if_changed(dest, data) is True
+    assert write_if_changed(dest, data) is False
     assert dest.read_bytes() == data and oct(dest.stat().st_mode & 0o777) == "0o644"
     assert sorted(p.name for p in dest.parent.iterdir()) == ["b.tar.zst"]
 
