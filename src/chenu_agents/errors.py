@@ -112,3 +112,15 @@ class ProviderError(ChenuError):
         self.status = status
         self.provider = provider
         super().__init__(message)
+
+
+class RuntimeConfigError(ChenuError):
+    """The agent runtime's settings, tokens file or state file are unusable."""
+
+
+class TaskError(ChenuError):
+    """A task could not be answered; `status` is the HTTP status the runtime answers with."""
+
+    def __init__(self, message: str, *, status: int = 500):
+        self.status = status
+        super().__init__(message)

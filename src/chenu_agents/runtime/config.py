@@ -1,0 +1,262 @@
+"""Runtime settings: one YAML or JSON file, each key overridable by a `CHENU_RUNTIME_<KEY>` variable.
+
+Secrets never sit in the file: provider API keys come from the environment (`ANTHROPIC_API_KEY`,
+`OPENAI_API_KEY`, or the variable named in `provider_api_key_env`), and the tokens file holds only the
+SHA-256 of each bearer token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from chenu_agents.errors import Problem, RuntimeConfigError
+
+ENV_PREFIX = "CHENU_RUNTIME_"
+ROLES = ("caller", "operator", "admin")
+STATES = ("active", "paused", "deprecated")
+DEFAULT_API_KEY_ENV = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}
+_PATHS = {"bundle", "signature", "trust_store", "accepted_versions", "tokens_file", "state_file", "work_dir"}
+_INTS = {"port", "max_rounds", "max_in_flight", "workers", "memory_limit_mb"}
+_FLOATS = {"health_timeout_s", "health_cache_s", "shutdown_timeout_s"}
+_BOOLS = {"allow_rollback"}
+_MAPPINGS = {"provider_base_urls", "provider_api_key_env", "llm_parameters"}
+_LISTS = {"llm_chain"}
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    bundle: Path
+    trust_store: Path
+    accepted_versions: Path
+    slot: str
+    signature: Path | None = None  # default: <bundle>.sig
+    agent: str | None = None  # when set, a bundle signed for another agent is refused
+    host: str = "127.0.0.1"
+    port: int = 8100
+    tokens_file: Path | None = None
+    state_file: Path | None = None
+    work_dir: Path | None = None  # where the bundle is unpacked; default: a private temporary directory
+    memory_limit_mb: int | None = None
+    database_dsn: str | None = None
+    rabbitmq_url: str | None = None
+    allow_rollback: bool = False
+    llm_chain: tuple[str, ...] = ()  # replaces the bundle's primary + fallbacks (e.g. scripted only)
+    llm_parameters: Mapping[str, Any] = field(default_factory=dict)  # merged over the bundle's
+    provider_base_urls: Mapping[str, str] = field(default_factory=dict)
+    provider_api_key_env: Mapping[str, str] = field(default_factory=dict)
+    max_rounds: int = 4
+    max_in_flight: int = 64
+    workers: int = 16
+    sandbox_mode: str = "per_call"  # per_call | pooled
+    tracing: str = "none"  # none | console | otlp
+    health_timeout_s: float = 1.0
+    health_cache_s: float = 2.0
+    shutdown_timeout_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not self.slot or not isinstance(self.slot, str):
+            problems.append(Problem("runtime config", "slot", "a non-empty slot name (blue, green, canary...)"))
+        if not 0 <= self.port <= 65535:
+            problems.append(Problem("runtime config", "port", f"0..65535 (got {self.port})"))
+        if self.sandbox_mode not in ("per_call", "pooled"):
+            problems.append(
+                Problem("runtime config", "sandbox_mode", f"per_call or pooled (got {self.sandbox_mode!r})")
+            )
+        if self.tracing not in ("none", "console", "otlp"):
+            problems.append(Problem("runtime config", "tracing", f"none, console or otlp (got {self.tracing!r})"))
+        if self.max_rounds < 1 or self.max_in_flight < 1 or self.workers < 1:
+            problems.append(Problem("runtime config", "max_rounds/max_in_flight/workers", "at least 1"))
+        if problems:
+            raise RuntimeConfigError("invalid runtime configuration", problems)
+
+    @property
+    def signature_path(self) -> Path:
+        return self.signature or Path(f"{self.bundle}.sig")
+
+    def api_keys(self, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+        environ = os.environ if environ is None else environ
+        names = {**DEFAULT_API_KEY_ENV, **self.provider_api_key_env}
+        return {provider: environ[name] for provider, name in names.items() if environ.get(name)}
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any], source: str = "runtime config") -> RuntimeConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise RuntimeConfigError(
+                f"{source}: unknown settings {unknown}", [Problem(source, k, "a known setting") for k in unknown]
+            )
+        missing = [k for k in ("bundle", "trust_store", "accepted_versions", "slot") if not data.get(k)]
+        if missing:
+            raise RuntimeConfigError(
+                f"{source}: missing settings {missing}", [Problem(source, k, "required") for k in missing]
+            )
+        values: dict[str, Any] = {}
+        for key, value in data.items():
+            if value is None:
+                continue
+            try:
+                values[key] = _coerce(key, value)
+            except (TypeError, ValueError) as exc:
+                raise RuntimeConfigError(f"{source}: {key}: {exc}", [Problem(source, key, str(exc))]) from None
+        return cls(**values)
+
+    @classmethod
+    def load(
+        cls, path: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
+    ) -> RuntimeConfig:
+        """The file's settings (if any), then `CHENU_RUNTIME_*` variables over them."""
+        environ = os.environ if environ is None else environ
+        data: dict[str, Any] = {}
+        source = "environment"
+        if path is not None:
+            source = str(path)
+            try:
+                loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+            except OSError as exc:
+                raise RuntimeConfigError(
+                    f"cannot read {path}", [Problem(source, "(file)", f"a readable file ({exc.strerror})")]
+                ) from None
+            except yaml.YAMLError as exc:
+                raise RuntimeConfigError(f"{path} is not YAML/JSON", [Problem(source, "(file)", str(exc))]) from None
+            if loaded is not None and not isinstance(loaded, dict):
+                raise RuntimeConfigError(f"{path}: expected a mapping", [Problem(source, "(root)", "a mapping")])
+            data.update(loaded or {})
+        for f in fields(cls):
+            raw = environ.get(ENV_PREFIX + f.name.upper())
+            if raw is not None:
+                data[f.name] = json.loads(raw) if f.name in _MAPPINGS | _LISTS else raw
+        return cls.from_mapping(data, source)
+
+
+def _coerce(key: str, value: Any) -> Any:
+    if key in _PATHS:
+        return Path(value)
+    if key in _INTS:
+        return int(value)
+    if key in _FLOATS:
+        return float(value)
+    if key in _BOOLS:
+        if isinstance(value, str):
+            if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(f"a boolean (got {value!r})")
+            return value.lower() in ("true", "1", "yes")
+        return bool(value)
+    if key in _MAPPINGS:
+        if not isinstance(value, Mapping):
+            raise TypeError("a mapping")
+        return dict(value)
+    if key in _LISTS:
+        if isinstance(value, str):
+            value = [value]
+        return tuple(str(v) for v in value)
+    return str(value)
+
+
+@dataclass(frozen=True)
+class Principal:
+    name: str
+    role: str
+
+    def allows(self, role: str) -> bool:
+        return ROLES.index(self.role) >= ROLES.index(role)
+
+
+class Tokens:
+    """Bearer tokens by their SHA-256; roles are ordered caller < operator < admin.
+
+    File: `{tokens: [{name: ci, role: caller, sha256: <hex>}]}` (YAML or JSON).
+    """
+
+    def __init__(self, by_digest: Mapping[str, Principal] | None = None):
+        self._by_digest = dict(by_digest or {})
+
+    def __len__(self) -> int:
+        return len(self._by_digest)
+
+    def lookup(self, token: str) -> Principal | None:
+        return self._by_digest.get(hash_token(token))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str] | None) -> Tokens:
+        if path is None:
+            return cls()
+        where = str(path)
+        try:
+            data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise RuntimeConfigError(f"cannot read tokens file {path}", [Problem(where, "(file)", str(exc))]) from None
+        entries = data.get("tokens") if isinstance(data, dict) else None
+        if not isinstance(entries, list):
+            raise RuntimeConfigError(f"{path}: malformed", [Problem(where, "tokens", "a list")])
+        out: dict[str, Principal] = {}
+        problems = []
+        for i, entry in enumerate(entries):
+            digest = str((entry or {}).get("sha256", "")).lower()
+            role = (entry or {}).get("role")
+            if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+                problems.append(Problem(where, f"tokens[{i}].sha256", "64 hex digits (the token's SHA-256)"))
+            if role not in ROLES:
+                problems.append(Problem(where, f"tokens[{i}].role", f"one of {', '.join(ROLES)} (got {role!r})"))
+            out[digest] = Principal(str(entry.get("name") or f"token{i}"), str(role))
+        if problems:
+            raise RuntimeConfigError(f"{path}: malformed tokens", problems)
+        return cls(out)
+
+
+@dataclass(frozen=True)
+class LifecycleState:
+    state: str = "active"
+    fallback_agent: str | None = None
+    error: str | None = None  # the state file could not be read: the last good state stays in force
+
+
+class StateFile:
+    """The lifecycle state the operator or registry writes; re-read only when the file changes."""
+
+    def __init__(self, path: Path | None):
+        self.path = path
+        self._stamp: tuple[int, int] | None = None
+        self._state = LifecycleState()
+
+    def current(self) -> LifecycleState:
+        if self.path is None:
+            return self._state
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            self._stamp, self._state = None, LifecycleState()
+            return self._state
+        except OSError as exc:
+            return LifecycleState(self._state.state, self._state.fallback_agent, str(exc))
+        stamp = (st.st_mtime_ns, st.st_size)
+        if stamp != self._stamp:
+            self._state = self._read()
+            if self._state.error is None:
+                self._stamp = stamp
+        return self._state
+
+    def _read(self) -> LifecycleState:
+        assert self.path is not None
+        try:
+            data = json.loads(self.path.read_bytes())
+            state = data["state"]
+            if state not in STATES:
+                raise ValueError(f"state {state!r} is not one of {', '.join(STATES)}")
+            fallback = data.get("fallback_agent")
+            return LifecycleState(state, str(fallback) if fallback else None)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            return LifecycleState(self._state.state, self._state.fallback_agent, f"{self.path}: {exc}")
