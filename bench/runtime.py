@@ -1,0 +1,229 @@
+"""Runtime overhead: /v1/tasks with the scripted provider against a bare aiohttp handler, same run.
+
+    .venv/bin/python bench/runtime.py [--rate 100] [--seconds 10] [--clients 10] [--saturate-s 5]
+
+Both servers run as their own processes on 127.0.0.1; this process is the load generator. Phase 1 sends
+requests at a fixed rate (open loop: a request leaves on schedule whether or not the previous one has
+answered) and reports p50, p95, p99 and the throughput achieved; phase 2 runs `--clients` closed-loop
+clients for `--saturate-s` seconds for the most each server can answer. Overhead = ours minus bare. The
+runtime is the real one: a bundle built from examples/agents/legal_info, signed, verified at start,
+bearer token checked, system prompt rendered, scripted LLM chain, metrics recorded. Every loop is
+bounded in count and time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+
+from chenu_agents import bundle
+from chenu_agents.files import write_if_changed
+from chenu_agents.keystore import FileKeyStore
+from chenu_agents.runtime import hash_token
+from chenu_agents.signing import sign_bundle
+
+REPO = Path(__file__).resolve().parents[1]
+TOKEN = secrets.token_urlsafe(24)
+BODY = {"input": "Bonjour", "session_id": "bench"}
+BARE = """
+import sys
+from aiohttp import web
+ANSWER = {"output": "constant", "tool_calls": [], "usage": {"input_tokens": 0, "output_tokens": 0}}
+async def task(request):
+    return web.json_response(ANSWER)
+app = web.Application()
+app.router.add_post("/v1/tasks", task)
+app.router.add_get("/health/ready", lambda r: web.json_response({"status": "ready"}))
+web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else float("nan")
+
+
+def prepare(work: Path, sandbox_mode: str) -> Path:
+    store = FileKeyStore(work / "keys")
+    store.ensure_key()
+    store.trust_store().save(work / "trust.json")
+    built = bundle.build(REPO / "examples" / "agents" / "legal_info")
+    path = work / "legal_info.tar.zst"
+    write_if_changed(path, built.data)
+    sign_bundle(path, store, agent=built.agent, version=built.version)
+    (work / "tokens.json").write_text(
+        json.dumps({"tokens": [{"name": "bench", "role": "caller", "sha256": hash_token(TOKEN)}]})
+    )
+    config = {
+        "bundle": str(path),
+        "trust_store": str(work / "trust.json"),
+        "accepted_versions": str(work / "accepted.json"),
+        "slot": "bench",
+        "port": free_port(),
+        "tokens_file": str(work / "tokens.json"),
+        "work_dir": str(work / "run"),
+        "llm_chain": ["scripted/legal_info"],
+        "sandbox_mode": sandbox_mode,
+    }
+    settings = work / "runtime.json"
+    settings.write_text(json.dumps(config))
+    return settings
+
+
+async def wait_ready(url: str, deadline_s: float = 30) -> None:
+    end = time.monotonic() + deadline_s
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < end:
+            try:
+                async with session.get(f"{url}/health/ready") as r:
+                    if r.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"{url} not ready within {deadline_s} s")
+
+
+async def fixed_rate(url: str, rate: float, seconds: float) -> dict:
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    latencies: list[float] = []
+    errors = 0
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200)) as session:
+
+        async def one() -> None:
+            nonlocal errors
+            started = time.perf_counter()
+            try:
+                async with session.post(f"{url}/v1/tasks", json=BODY, headers=headers) as r:
+                    await r.read()
+                    if r.status != 200:
+                        errors += 1
+                        return
+            except aiohttp.ClientError:
+                errors += 1
+                return
+            latencies.append(time.perf_counter() - started)
+
+        for _ in range(50):  # warm-up: connections, caches, the first render
+            await one()
+        latencies.clear()
+        total = int(rate * seconds)
+        tasks = []
+        start = time.perf_counter()
+        for i in range(total):
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one()))
+        await asyncio.wait_for(asyncio.gather(*tasks), timeout=seconds + 60)
+        elapsed = time.perf_counter() - start
+    return {"latencies": latencies, "errors": errors, "throughput": len(latencies) / elapsed}
+
+
+async def saturate(url: str, clients: int, seconds: float) -> float:
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    done = 0
+    end = time.perf_counter() + seconds
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=clients)) as session:
+
+        async def client() -> None:
+            nonlocal done
+            for _ in range(1_000_000):
+                if time.perf_counter() >= end:
+                    return
+                async with session.post(f"{url}/v1/tasks", json=BODY, headers=headers) as r:
+                    await r.read()
+                    done += r.status == 200
+
+        start = time.perf_counter()
+        await asyncio.wait_for(asyncio.gather(*(client() for _ in range(clients))), timeout=seconds + 60)
+        return done / (time.perf_counter() - start)
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def run(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory(prefix="chenu-bench-runtime-") as tmp:
+        work = Path(tmp)
+        settings = prepare(work, args.sandbox_mode)
+        ours_url = f"http://127.0.0.1:{json.loads(settings.read_text())['port']}"
+        bare_port = free_port()
+        bare_url = f"http://127.0.0.1:{bare_port}"
+        env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+        procs = {
+            "bare": subprocess.Popen([sys.executable, "-c", BARE, str(bare_port)], env=env),
+            "ours": subprocess.Popen(
+                [sys.executable, "-m", "chenu_agents.runtime", "--config", str(settings), "--log-level", "WARNING"],
+                env=env,
+            ),
+        }
+        try:
+            await wait_ready(bare_url)
+            await wait_ready(ours_url)
+            results = {}
+            for name, url in (("bare", bare_url), ("ours", ours_url)):
+                results[name] = await fixed_rate(url, args.rate, args.seconds)
+                if args.saturate_s > 0:
+                    results[name]["max"] = await saturate(url, args.clients, args.saturate_s)
+                results[name]["rss"] = rss_mib(procs[name].pid)
+        finally:
+            for proc in procs.values():
+                proc.terminate()
+                proc.wait(10)
+
+    print(f"/v1/tasks at {args.rate:g} req/s for {args.seconds:g} s (scripted provider, no tools), 127.0.0.1")
+    header = f"{'':<10}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'req/s':>9}{'max req/s':>11}{'errors':>8}{'RSS MiB':>9}"
+    print(header)
+    for name in ("bare", "ours"):
+        r = results[name]
+        lat = r["latencies"]
+        print(
+            f"{name:<10}{percentile(lat, 0.5) * 1000:>9.2f}{percentile(lat, 0.95) * 1000:>9.2f}"
+            f"{percentile(lat, 0.99) * 1000:>9.2f}{r['throughput']:>9.1f}{r.get('max', float('nan')):>11.0f}"
+            f"{r['errors']:>8}{r['rss']:>9.1f}"
+        )
+    ours, bare = results["ours"]["latencies"], results["bare"]["latencies"]
+    print(
+        "overhead  "
+        + "".join(f"{(percentile(ours, q) - percentile(bare, q)) * 1000:>9.2f}" for q in (0.5, 0.95, 0.99))
+        + "   (ours - bare, ms)"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rate", type=float, default=100.0)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--clients", type=int, default=10)
+    parser.add_argument("--saturate-s", type=float, default=5.0)
+    parser.add_argument("--sandbox-mode", default="per_call", choices=["per_call", "pooled"])
+    args = parser.parse_args()
+    if not 0 < args.rate <= 2000 or not 0 < args.seconds <= 600 or not 0 <= args.saturate_s <= 600:
+        parser.error("rate in (0, 2000], seconds in (0, 600], saturate-s in [0, 600]")
+    asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    main()
