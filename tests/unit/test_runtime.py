@@ -481,3 +481,18 @@ def test_state_file_reads_on_change(tmp_path: Path) -> None:
     assert (states.current().state, states.current().fallback_agent) == ("paused", "other")
     path.write_text('{"state": "sleeping"}')
     assert states.current().state == "paused" and "sleeping" in states.current().error
+
+
+def test_pooled_sandbox_mode_serves_tool_calls(tmp_path: Path, world: dict) -> None:
+    runtime = Runtime.start(make_config(tmp_path, world, world["takeoff"], sandbox_mode="pooled"))
+    srv = Served(runtime)
+    try:
+        durations = []
+        for _ in range(3):
+            data = srv.post("/v1/tasks", {"input": "Dalle de béton de 10 m x 8 m x 0,15 m"}).json()
+            assert data["tool_calls"][0]["result"]["volume_m3"] == 12.6
+            durations.append(data["tool_calls"][0]["duration_s"])
+        assert min(durations[1:]) < 0.02  # warm: no interpreter start
+        assert srv.get("/admin/status", role="operator").json()["sandbox_mode"] == "pooled"
+    finally:
+        srv.close()

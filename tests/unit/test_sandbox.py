@@ -1,12 +1,13 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from chenu_agents.errors import SandboxError
-from chenu_agents.sandbox import Limits, Permissions, Sandbox, default_cache_dir
+from chenu_agents.sandbox import Limits, Permissions, PooledSandbox, Sandbox, default_cache_dir
 
 DOUBLE = "def handle(args):\n    print('computing')\n    return {'value': args['x'] * 2}\n"
 
@@ -218,3 +219,74 @@ def test_fuel_budget_stops_cpu_and_reports_use(cache_dir: Path) -> None:
         spin = box.run(ESCAPES["infinite_loop"][0], {}, limits=Limits(fuel=2 * ok.fuel_used))
         assert spin.error_kind == "fuel"
         assert box.run(DOUBLE, {"x": 4}).result == {"value": 8}
+
+
+def test_short_sleep_returns_in_time(sandbox: Sandbox) -> None:
+    # The clock subscription's timeout sits after 4 bytes of padding: read without it, any sleep
+    # looked endless and ended at the deadline.
+    run = sandbox.run("import time\ndef handle(args):\n    time.sleep(0.05)\n    return {'slept': True}\n", {})
+    assert run.ok, run.error
+    assert 0.05 <= run.duration_s < 1.0
+
+
+# -- pooled mode -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pooled(cache_dir: Path):
+    with PooledSandbox(cache_dir=cache_dir) as box:
+        yield box
+
+
+@pytest.mark.parametrize("name", sorted(ESCAPES))
+def test_pooled_escape_is_contained_and_next_call_works(pooled: PooledSandbox, name: str) -> None:
+    source, kind, fragment = ESCAPES[name]
+    limits = Limits(timeout_ms=400, memory_mb=48, output_bytes=64 * 1024)
+    started = time.perf_counter()
+    run = pooled.run(source, {}, limits=limits)
+    assert not run.ok
+    assert run.error_kind == kind, run.error
+    assert fragment in run.error
+    assert time.perf_counter() - started < 2.0
+    # A second call of the same failing handler gets a fresh interpreter and fails the same way.
+    again = pooled.run(source, {}, limits=limits)
+    assert again.error_kind == kind, again.error
+    assert pooled.run(DOUBLE, {"x": 2}).result == {"value": 4}
+
+
+def test_pooled_warm_calls_skip_the_interpreter_start(pooled: PooledSandbox) -> None:
+    source = "import statistics\ndef handle(args):\n    return {'mean': statistics.mean(args['xs'])}\n"
+    assert pooled.run(source, {"xs": [1, 2, 3]}).result == {"mean": 2}
+    warm = []
+    for i in range(20):
+        started = time.perf_counter()
+        assert pooled.run(source, {"xs": [i, i]}).result == {"mean": i}
+        warm.append(time.perf_counter() - started)
+    assert sorted(warm)[len(warm) // 2] < 0.01
+
+
+def test_pooled_calls_get_a_fresh_namespace_and_no_stdin(pooled: PooledSandbox) -> None:
+    counter = "seen = []\ndef handle(args):\n    seen.append(args['x'])\n    return {'seen': seen}\n"
+    assert [pooled.run(counter, {"x": i}).result for i in range(3)] == [{"seen": [i]} for i in range(3)]
+    reader = "import sys\ndef handle(args):\n    return {'stdin': sys.stdin.read()}\n"
+    assert pooled.run(reader, {"x": "secret"}).result == {"stdin": ""}
+    assert pooled.run(reader, {}).result == {"stdin": ""}
+
+
+def test_pooled_serves_concurrent_calls(pooled: PooledSandbox) -> None:
+    with ThreadPoolExecutor(8) as threads:
+        results = list(threads.map(lambda i: pooled.run(DOUBLE, {"x": i}).result, range(40)))
+    assert results == [{"value": 2 * i} for i in range(40)]
+
+
+def test_pooled_filesystem_grant_runs_per_call(pooled: PooledSandbox, tmp_path: Path) -> None:
+    (tmp_path / "rates.json").write_text('{"eur": 1.5}')
+    source = "import json\ndef handle(args):\n    return json.load(open('/data/rates.json'))\n"
+    granted = Permissions(filesystem="read_only")
+    assert pooled.run(source, {}, permissions=granted, workdir=tmp_path).result == {"eur": 1.5}
+    assert pooled.run(source, {}).error_kind == "exception"
+
+
+def test_pooled_mode_refuses_fuel(cache_dir: Path) -> None:
+    with pytest.raises(SandboxError, match="fuel"):
+        PooledSandbox(cache_dir=cache_dir, consume_fuel=True)
