@@ -1,6 +1,8 @@
 """Runtime overhead: /v1/tasks with the scripted provider against a bare aiohttp handler, same run.
 
     .venv/bin/python bench/runtime.py [--rate 100] [--seconds 10] [--clients 10] [--saturate-s 5]
+    .venv/bin/python bench/runtime.py --agent takeoff --input "Dalle de béton de 10 m x 8 m x 0,15 m" \
+        --sandbox-mode pooled      # one tool call per task
 
 Both servers run as their own processes on 127.0.0.1; this process is the load generator. Phase 1 sends
 requests at a fixed rate (open loop: a request leaves on schedule whether or not the previous one has
@@ -35,7 +37,7 @@ from chenu_agents.signing import sign_bundle
 
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = secrets.token_urlsafe(24)
-BODY = {"input": "Bonjour", "session_id": "bench"}
+BODY: dict[str, str] = {"session_id": "bench"}
 BARE = """
 import sys
 from aiohttp import web
@@ -60,12 +62,12 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else float("nan")
 
 
-def prepare(work: Path, sandbox_mode: str) -> Path:
+def prepare(work: Path, agent: str, sandbox_mode: str) -> Path:
     store = FileKeyStore(work / "keys")
     store.ensure_key()
     store.trust_store().save(work / "trust.json")
-    built = bundle.build(REPO / "examples" / "agents" / "legal_info")
-    path = work / "legal_info.tar.zst"
+    built = bundle.build(REPO / "examples" / "agents" / agent)
+    path = work / f"{agent}.tar.zst"
     write_if_changed(path, built.data)
     sign_bundle(path, store, agent=built.agent, version=built.version)
     (work / "tokens.json").write_text(
@@ -79,7 +81,7 @@ def prepare(work: Path, sandbox_mode: str) -> Path:
         "port": free_port(),
         "tokens_file": str(work / "tokens.json"),
         "work_dir": str(work / "run"),
-        "llm_chain": ["scripted/legal_info"],
+        "llm_chain": [f"scripted/{agent}"],
         "sandbox_mode": sandbox_mode,
     }
     settings = work / "runtime.json"
@@ -167,7 +169,7 @@ def rss_mib(pid: int) -> float:
 async def run(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="chenu-bench-runtime-") as tmp:
         work = Path(tmp)
-        settings = prepare(work, args.sandbox_mode)
+        settings = prepare(work, args.agent, args.sandbox_mode)
         ours_url = f"http://127.0.0.1:{json.loads(settings.read_text())['port']}"
         bare_port = free_port()
         bare_url = f"http://127.0.0.1:{bare_port}"
@@ -193,7 +195,10 @@ async def run(args: argparse.Namespace) -> None:
                 proc.terminate()
                 proc.wait(10)
 
-    print(f"/v1/tasks at {args.rate:g} req/s for {args.seconds:g} s (scripted provider, no tools), 127.0.0.1")
+    print(
+        f"/v1/tasks of {args.agent} at {args.rate:g} req/s for {args.seconds:g} s, scripted provider, "
+        f"input {args.input!r}, sandbox {args.sandbox_mode}, 127.0.0.1"
+    )
     header = f"{'':<10}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'req/s':>9}{'max req/s':>11}{'errors':>8}{'RSS MiB':>9}"
     print(header)
     for name in ("bare", "ours"):
@@ -218,8 +223,11 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--saturate-s", type=float, default=5.0)
-    parser.add_argument("--sandbox-mode", default="per_call", choices=["per_call", "pooled"])
+    parser.add_argument("--sandbox-mode", default="pooled", choices=["per_call", "pooled"])
+    parser.add_argument("--agent", default="legal_info", choices=["legal_info", "takeoff", "estimator"])
+    parser.add_argument("--input", default="Bonjour", help="the task; the default calls no tool")
     args = parser.parse_args()
+    BODY["input"] = args.input
     if not 0 < args.rate <= 2000 or not 0 < args.seconds <= 600 or not 0 <= args.saturate_s <= 600:
         parser.error("rate in (0, 2000], seconds in (0, 600], saturate-s in [0, 600]")
     asyncio.run(run(args))

@@ -27,6 +27,7 @@ import secrets
 import struct
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -605,6 +606,7 @@ class PooledSandbox(Sandbox):
         )
         self._idle: dict[tuple, list[_Worker]] = {}
         self._busy: dict[tuple, int] = {}
+        self._keep: set[str] | None = None
         self._cond = threading.Condition()
         self._closed = False
 
@@ -635,11 +637,24 @@ class PooledSandbox(Sandbox):
     def _release(self, key: tuple, worker: _Worker | None) -> None:
         with self._cond:
             self._busy[key] -= 1
-            if worker is not None and worker.alive and not self._closed:
+            kept = self._keep is None or key[0] in self._keep
+            if worker is not None and worker.alive and kept and not self._closed:
                 self._idle.setdefault(key, []).append(worker)
             elif worker is not None:
                 worker.stop()
             self._cond.notify()
+
+    def retain(self, sources: Iterable[str]) -> int:
+        """Keep workers only for these handler sources (after a reload); returns how many were stopped.
+        A call of another source still runs, in a worker stopped as soon as it answers."""
+        keep = {hashlib.sha256(source.encode()).hexdigest() for source in sources}
+        with self._cond:
+            self._keep = keep
+            stale = [w for key, ws in self._idle.items() if key[0] not in keep for w in ws]
+            self._idle = {key: ws for key, ws in self._idle.items() if key[0] in keep}
+        for worker in stale:
+            worker.stop()
+        return len(stale)
 
     def run(
         self,

@@ -290,3 +290,13 @@ def test_pooled_filesystem_grant_runs_per_call(pooled: PooledSandbox, tmp_path: 
 def test_pooled_mode_refuses_fuel(cache_dir: Path) -> None:
     with pytest.raises(SandboxError, match="fuel"):
         PooledSandbox(cache_dir=cache_dir, consume_fuel=True)
+
+
+def test_pooled_retain_stops_the_workers_of_dropped_handlers(cache_dir: Path) -> None:
+    triple = DOUBLE.replace("* 2", "* 3")
+    with PooledSandbox(cache_dir=cache_dir) as box:
+        assert box.run(DOUBLE, {"x": 1}).ok and box.run(triple, {"x": 1}).ok
+        assert box.retain([triple]) == 1
+        assert box.run(DOUBLE, {"x": 2}).result == {"value": 4}  # still served, then stopped
+        assert box.retain([triple]) == 0
+        assert box.run(triple, {"x": 2}).result == {"value": 6}

@@ -136,6 +136,9 @@ class Runtime:
                 return {"ok": False, "error": str(exc), "serving": old.describe()}
             self.current, self.tokens = new, tokens
             self._publish_info(old, new)
+            retain = getattr(self._sandbox, "retain", None)
+            if retain is not None:  # idle interpreters of handlers the new version dropped
+                retain([t.source for t in new.tools.values()])
             self.last_reload = {"ok": True, "at": at, "error": None}
             self.metrics.reloads.labels(self.config.slot, "swapped").inc()
             log.info("reloaded: %s %s -> %s %s", old.agent, old.version, new.agent, new.version)

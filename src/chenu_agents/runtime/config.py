@@ -59,7 +59,7 @@ class RuntimeConfig:
     max_rounds: int = 4
     max_in_flight: int = 64
     workers: int = 16
-    sandbox_mode: str = "per_call"  # per_call | pooled
+    sandbox_mode: str = "pooled"  # pooled (warm interpreter per handler) | per_call (fresh one per call)
     tracing: str = "none"  # none | console | otlp
     health_timeout_s: float = 1.0
     health_cache_s: float = 2.0
