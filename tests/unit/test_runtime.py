@@ -4,6 +4,7 @@ import asyncio
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -496,3 +497,59 @@ def test_pooled_sandbox_mode_serves_tool_calls(tmp_path: Path, world: dict) -> N
         assert srv.get("/admin/status", role="operator").json()["sandbox_mode"] == "pooled"
     finally:
         srv.close()
+
+
+def test_entry_point_serves_reloads_on_sighup_and_stops_on_sigterm(tmp_path: Path, world: dict) -> None:
+    config = make_config(tmp_path, world, world["legal"])
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    settings = tmp_path / "runtime.json"
+    settings.write_text(
+        json.dumps(
+            {
+                "bundle": str(config.bundle),
+                "trust_store": str(config.trust_store),
+                "accepted_versions": str(config.accepted_versions),
+                "tokens_file": str(config.tokens_file),
+                "work_dir": str(tmp_path / "work"),
+                "slot": "green",
+                "port": port,
+                "llm_chain": ["scripted/legal_info"],
+            }
+        )
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "chenu_agents.runtime", "--config", str(settings)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+
+    def version(deadline_s: float = 20) -> str | None:
+        end = time.monotonic() + deadline_s
+        while time.monotonic() < end:
+            try:
+                return requests.get(f"{url}/health/ready", timeout=2).json()["version"]
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        return None
+
+    try:
+        assert version() == "1.2.0"
+        install(tmp_path, world["legal_next"])
+        proc.send_signal(signal.SIGHUP)
+        end = time.monotonic() + 10
+        while version() != "1.3.0" and time.monotonic() < end:
+            time.sleep(0.05)
+        assert version() == "1.3.0"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+        assert "serving legal_info 1.2.0" in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)

@@ -2,7 +2,23 @@
 
 Secrets never sit in the file: provider API keys come from the environment (`ANTHROPIC_API_KEY`,
 `OPENAI_API_KEY`, or the variable named in `provider_api_key_env`), and the tokens file holds only the
-SHA-256 of each bearer token.
+SHA-256 of each bearer token (`python -m chenu_agents.runtime --hash-token` prints it).
+
+    bundle: /var/lib/chenu/slots/legal_info-blue/agent.tar.zst     # signature: <bundle>.sig
+    trust_store: /etc/chenu/trust.json
+    accepted_versions: /var/lib/chenu/slots/legal_info-blue/accepted.json   # one per slot
+    slot: blue
+    port: 8101
+    tokens_file: /etc/chenu/runtime/tokens.yaml
+    state_file: /var/lib/chenu/slots/legal_info-blue/state.json   # {state, fallback_agent}
+    memory_limit_mb: 1024
+    database_dsn: postgresql://chenu@127.0.0.1/chenu                # readiness only
+    rabbitmq_url: amqp://chenu@127.0.0.1:5672/chenu                 # readiness only
+    llm_chain: [scripted/legal_info]                                # development and sandbox
+    provider_base_urls: {openai: "http://127.0.0.1:11434/v1"}
+
+The accepted-versions file belongs to the slot: two slots of one agent sharing it would see the
+older slot's restart as a rollback.
 """
 
 from __future__ import annotations
