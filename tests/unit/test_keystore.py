@@ -34,16 +34,7 @@ HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
 
 
-@pytest.fixture(scope="module")
-def key_pool() -> list[rsa.RSAPrivateKey]:
-    # RSA-2048 generation costs ~50 ms: make a few once and hand them out in turn.
-    return [rsa.generate_private_key(public_exponent=65537, key_size=2048) for _ in range(6)]
-
-
-@pytest.fixture(autouse=True)
-def fast_keys(monkeypatch: pytest.MonkeyPatch, key_pool: list[rsa.RSAPrivateKey]) -> None:
-    pool = itertools.cycle(key_pool)
-    monkeypatch.setattr(keystore_mod, "_generate_rsa_key", lambda: next(pool))
+pytestmark = pytest.mark.usefixtures("fast_keys")
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import itertools
 import json
 import os
 import stat
@@ -15,7 +14,6 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from chenu_agents import errors
-from chenu_agents import keystore as keystore_mod
 from chenu_agents.keystore import FileKeyStore
 from chenu_agents.semver import VersionError
 from chenu_agents.signing import (
@@ -35,16 +33,7 @@ HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
 
 
-@pytest.fixture(scope="module")
-def key_pool() -> list[rsa.RSAPrivateKey]:
-    # RSA-2048 generation costs ~50 ms: make a few once and hand them out in turn.
-    return [rsa.generate_private_key(public_exponent=65537, key_size=2048) for _ in range(6)]
-
-
-@pytest.fixture(autouse=True)
-def fast_keys(monkeypatch: pytest.MonkeyPatch, key_pool: list[rsa.RSAPrivateKey]) -> None:
-    pool = itertools.cycle(key_pool)
-    monkeypatch.setattr(keystore_mod, "_generate_rsa_key", lambda: next(pool))
+pytestmark = pytest.mark.usefixtures("fast_keys")
 
 
 @dataclass
