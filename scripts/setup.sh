@@ -26,9 +26,10 @@ stamp="$VENV/.requirements.sha256"
 want="$(cat "$ROOT/requirements.txt" "$ROOT/requirements-dev.txt" "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)"
 if [[ "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
   step "pip install requirements into $VENV"
-  "$VENV/bin/python" -m pip install -q --upgrade pip
-  "$VENV/bin/python" -m pip install -q -r "$ROOT/requirements-dev.txt"
-  "$VENV/bin/python" -m pip install -q --no-deps -e "$ROOT"
+  pip_quiet() { "$VENV/bin/python" -m pip install -q "$@" 2>&1 | { grep -v 'is neither a file nor a directory' || true; }; }
+  pip_quiet --upgrade pip
+  pip_quiet -r "$ROOT/requirements-dev.txt"
+  pip_quiet --no-deps -e "$ROOT"
   echo "$want" >"$stamp"
 fi
 
