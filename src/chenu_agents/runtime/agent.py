@@ -271,8 +271,14 @@ def _examples(files: dict[str, bytes]) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
+_private_dirs: dict[str, Path] = {}
+
+
 def _unpack_dir(config: RuntimeConfig, statement: Statement) -> Path:
-    base = config.work_dir or Path(tempfile.gettempdir()) / f"chenu-runtime-{config.slot}"
+    # Never a predictable path in a shared /tmp: whoever created it first would choose what we load.
+    base = config.work_dir or _private_dirs.setdefault(
+        config.slot, Path(tempfile.mkdtemp(prefix=f"chenu-runtime-{config.slot}-"))
+    )
     # One directory per digest: a reload never rewrites files that the serving version still uses.
     return base / f"{statement.version}-{statement.digest.removeprefix('sha256:')[:16]}" / statement.agent
 
@@ -307,8 +313,8 @@ def load_agent(config: RuntimeConfig, *, now: datetime | None = None) -> LoadedA
                 f"{config.bundle}: manifest {name} {bundle.manifest[name]!r}, statement {getattr(statement, name)!r}"
             )
     root = _unpack_dir(config, statement)
-    if not (root / bundle_mod.MANIFEST).is_file():
-        bundle_mod.extract(bundle, root, replace=True)
+    # Unpacked afresh at every load (an atomic rename): what is on disk is what was just verified.
+    bundle_mod.extract(bundle, root, replace=True)
     spec = spec_mod.load_agent(root)
     if (spec.id, spec.version) != (statement.agent, statement.version):
         raise StatementMismatch(f"{config.bundle}: config.yaml says {spec.id} {spec.version}")
