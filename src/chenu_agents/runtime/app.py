@@ -108,7 +108,7 @@ class Runtime:
 
     def authorize(self, request: web.Request, role: str) -> Principal:
         header = request.headers.get("Authorization", "")
-        scheme, _, token = header.partition(" ")
+        scheme, _sep, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise _error(401, "a bearer token is required", {"WWW-Authenticate": 'Bearer realm="chenu-agent"'})
         principal = self.tokens.lookup(token.strip())
@@ -187,7 +187,7 @@ class Runtime:
         checks["memory"] = health.check_memory(self.config.memory_limit_mb)
         state = self.state.current()
         checks["lifecycle"] = (state.error is None, state.error or f"state {state.state}")
-        ready = all(ok for ok, _ in checks.values())
+        ready = all(ok for ok, _detail in checks.values())
         return {
             "status": "ready" if ready else "not_ready",
             "agent": agent.agent,
