@@ -191,12 +191,14 @@ class ServiceControl:
     def signal_reload(self) -> None:
         raise DeployError("no admin token to reload over HTTP and no service manager to send SIGHUP through")
 
-    def _run(self, argv: list[str]) -> None:
+    def _run(self, argv: list[str], tolerate: tuple[str, ...] = ()) -> None:
         try:
             done = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise DeployError(f"{' '.join(argv)}: {exc}") from None
         output = (done.stdout + done.stderr).strip()
+        if any(t in output for t in tolerate):
+            return
         # supervisorctl 4 answers some failures with rc 0 and an ERROR line.
         if done.returncode != 0 or "ERROR" in output:
             raise DeployError(f"{' '.join(argv)} failed (rc={done.returncode}): {output}")
@@ -207,7 +209,8 @@ class Supervisor(ServiceControl):
     can_start = True
 
     def start(self) -> None:
-        self._run(["supervisorctl", "start", str(self.service)])
+        # A program still retrying its start (BACKOFF) is "already started": its next try finds the bundle.
+        self._run(["supervisorctl", "start", str(self.service)], tolerate=("already started",))
 
     def signal_reload(self) -> None:
         self._run(["supervisorctl", "signal", "HUP", str(self.service)])
