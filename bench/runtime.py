@@ -103,8 +103,8 @@ async def wait_ready(url: str, deadline_s: float = 30) -> None:
     raise RuntimeError(f"{url} not ready within {deadline_s} s")
 
 
-async def fixed_rate(url: str, rate: float, seconds: float) -> dict:
-    headers = {"Authorization": f"Bearer {TOKEN}"}
+async def fixed_rate(url: str, rate: float, seconds: float, token: str = TOKEN) -> dict:
+    headers = {"Authorization": f"Bearer {token}"}
     latencies: list[float] = []
     errors = 0
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200)) as session:
@@ -139,8 +139,8 @@ async def fixed_rate(url: str, rate: float, seconds: float) -> dict:
     return {"latencies": latencies, "errors": errors, "throughput": len(latencies) / elapsed}
 
 
-async def saturate(url: str, clients: int, seconds: float) -> float:
-    headers = {"Authorization": f"Bearer {TOKEN}"}
+async def saturate(url: str, clients: int, seconds: float, token: str = TOKEN) -> float:
+    headers = {"Authorization": f"Bearer {token}"}
     done = 0
     end = time.perf_counter() + seconds
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=clients)) as session:
@@ -157,6 +157,63 @@ async def saturate(url: str, clients: int, seconds: float) -> float:
         start = time.perf_counter()
         await asyncio.wait_for(asyncio.gather(*(client() for _ in range(clients))), timeout=seconds + 60)
         return done / (time.perf_counter() - start)
+
+
+async def soak(url: str, clients: int, seconds: float, token: str) -> dict:
+    """Closed-loop load: `clients` keep-alive clients back to back for `seconds`; every non-200 is an error."""
+    headers = {"Authorization": f"Bearer {token}"}
+    counts = {"ok": 0, "errors": 0}
+    latencies: list[float] = []
+    end = time.perf_counter() + seconds
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=clients)) as session:
+
+        async def client() -> None:
+            for _ in range(10_000_000):
+                if time.perf_counter() >= end:
+                    return
+                started = time.perf_counter()
+                try:
+                    async with session.post(f"{url}/v1/tasks", json=BODY, headers=headers) as r:
+                        await r.read()
+                        ok = r.status == 200
+                except aiohttp.ClientError:
+                    ok = False
+                counts["ok" if ok else "errors"] += 1
+                latencies.append(time.perf_counter() - started)
+
+        await asyncio.wait_for(asyncio.gather(*(client() for _ in range(clients))), timeout=seconds + 60)
+    return {**counts, "latencies": latencies}
+
+
+async def run_deployed(args: argparse.Namespace) -> None:
+    """The deployed stack (scripts/main.sh): the same runtime slot direct, then through HAProxy."""
+    token = Path(args.token_file).read_text().strip()
+    rows = {}
+    for name, url in (("direct", args.direct), ("haproxy", args.through)):
+        await wait_ready(url)
+        rows[name] = await fixed_rate(url, args.rate, args.seconds, token)
+    print(f"deployed slot, /v1/tasks at {args.rate:g} req/s for {args.seconds:g} s, input {args.input!r}")
+    print(f"{'':<10}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'req/s':>9}{'errors':>8}")
+    for name, r in rows.items():
+        lat = r["latencies"]
+        print(
+            f"{name:<10}{percentile(lat, 0.5) * 1000:>9.2f}{percentile(lat, 0.95) * 1000:>9.2f}"
+            f"{percentile(lat, 0.99) * 1000:>9.2f}{r['throughput']:>9.1f}{r['errors']:>8}"
+        )
+    d, h = rows["direct"]["latencies"], rows["haproxy"]["latencies"]
+    print(
+        "haproxy   "
+        + "".join(f"{(percentile(h, q) - percentile(d, q)) * 1000:>9.2f}" for q in (0.5, 0.95, 0.99))
+        + "   (added by HAProxy, ms)"
+    )
+    if args.soak_s > 0:
+        r = await soak(args.through, args.clients, args.soak_s, token)
+        total = r["ok"] + r["errors"]
+        print(
+            f"load through HAProxy: {args.clients} clients for {args.soak_s:g} s: {total} requests, "
+            f"{r['errors']} errors ({r['errors'] / max(total, 1):.4%}), {total / args.soak_s:.0f} req/s, "
+            f"p95 {percentile(r['latencies'], 0.95) * 1000:.2f} ms, p99 {percentile(r['latencies'], 0.99) * 1000:.2f} ms"
+        )
 
 
 def rss_mib(pid: int) -> float:
@@ -226,11 +283,19 @@ def main() -> None:
     parser.add_argument("--sandbox-mode", default="pooled", choices=["per_call", "pooled"])
     parser.add_argument("--agent", default="legal_info", choices=["legal_info", "takeoff", "estimator"])
     parser.add_argument("--input", default="Bonjour", help="the task; the default calls no tool")
+    parser.add_argument("--through", help="a deployed HAProxy frontend, e.g. http://127.0.0.1:8001 (scripts/main.sh)")
+    parser.add_argument("--direct", default="http://127.0.0.1:8101", help="with --through: the same slot, direct")
+    parser.add_argument("--token-file", default=str(REPO / ".cache/local/secrets/runtime_caller"))
+    parser.add_argument("--soak-s", type=float, default=0.0, help="with --through: closed-loop load for this long")
     args = parser.parse_args()
     BODY["input"] = args.input
     if not 0 < args.rate <= 2000 or not 0 < args.seconds <= 600 or not 0 <= args.saturate_s <= 600:
         parser.error("rate in (0, 2000], seconds in (0, 600], saturate-s in [0, 600]")
-    asyncio.run(run(args))
+    if not 0 <= args.soak_s <= 900 or not 0 < args.clients <= 100:
+        parser.error("soak-s in [0, 900], clients in (0, 100]")
+    if args.through and not all(u.startswith(("http://127.", "http://localhost")) for u in (args.through, args.direct)):
+        parser.error("--through and --direct must be loopback URLs")
+    asyncio.run(run_deployed(args) if args.through else run(args))
 
 
 if __name__ == "__main__":
