@@ -84,10 +84,21 @@ def _tool_content(content: Any) -> str:
 
 
 class _HTTPProvider(Provider):
-    def __init__(self, model: str, base_url: str, api_key: str | None, session: requests.Session | None):
+    # Each wire format names where its server and key come from when the caller gives none.
+    default_url: str
+    url_env: str
+    key_env: str
+
+    def __init__(
+        self,
+        model: str,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        session: requests.Session | None = None,
+    ):
         super().__init__(model)
-        self.base_url = base_url.rstrip("/")
-        self.api_key = api_key
+        self.base_url = (base_url or os.environ.get(self.url_env, self.default_url)).rstrip("/")
+        self.api_key = api_key if api_key is not None else os.environ.get(self.key_env)
         self.session = session or requests.Session()
 
     def _post(self, url: str, body: dict, headers: dict, timeout_s: float) -> dict:
@@ -118,20 +129,9 @@ class AnthropicProvider(_HTTPProvider):
     """Anthropic Messages API (POST /v1/messages) with tool_use / tool_result blocks."""
 
     name = "anthropic"
-
-    def __init__(
-        self,
-        model: str,
-        base_url: str | None = None,
-        api_key: str | None = None,
-        session: requests.Session | None = None,
-    ):
-        super().__init__(
-            model,
-            base_url or os.environ.get("ANTHROPIC_BASE_URL", DEFAULT_ANTHROPIC_URL),
-            api_key if api_key is not None else os.environ.get("ANTHROPIC_API_KEY"),
-            session,
-        )
+    default_url = DEFAULT_ANTHROPIC_URL
+    url_env = "ANTHROPIC_BASE_URL"
+    key_env = "ANTHROPIC_API_KEY"
 
     def request_body(self, messages: list[dict], tools: list[dict] | None, parameters: dict) -> dict[str, Any]:
         system = [m["content"] for m in messages if m["role"] == "system"]
@@ -212,20 +212,9 @@ class OpenAICompatibleProvider(_HTTPProvider):
     """OpenAI chat completions (POST {base_url}/chat/completions): Ollama, vLLM, LiteLLM, OpenAI."""
 
     name = "openai"
-
-    def __init__(
-        self,
-        model: str,
-        base_url: str | None = None,
-        api_key: str | None = None,
-        session: requests.Session | None = None,
-    ):
-        super().__init__(
-            model,
-            base_url or os.environ.get("OPENAI_BASE_URL", DEFAULT_OPENAI_URL),
-            api_key if api_key is not None else os.environ.get("OPENAI_API_KEY"),
-            session,
-        )
+    default_url = DEFAULT_OPENAI_URL
+    url_env = "OPENAI_BASE_URL"
+    key_env = "OPENAI_API_KEY"
 
     def request_body(self, messages: list[dict], tools: list[dict] | None, parameters: dict) -> dict[str, Any]:
         wire: list[dict[str, Any]] = []
