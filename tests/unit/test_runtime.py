@@ -553,3 +553,68 @@ def test_entry_point_serves_reloads_on_sighup_and_stops_on_sigterm(tmp_path: Pat
         if proc.poll() is None:
             proc.kill()
             proc.wait(5)
+
+
+def test_traces_a_span_per_task_with_llm_and_tool_children(tmp_path: Path, world: dict, sandbox: Sandbox) -> None:
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    config = make_config(tmp_path, world, world["takeoff"], slot="canary")
+    srv = Served(Runtime.start(config, sandbox=sandbox, span_exporter=exporter))
+    try:
+        answer = srv.post("/v1/tasks", {"input": "Calculez le volume de béton pour une dalle de 10 m x 8 m x 0,15 m"})
+        assert answer.status_code == 200, answer.text
+        assert srv.get("/admin/status", "operator").json()["tracing"] == "InMemorySpanExporter"
+    finally:
+        srv.close()
+    spans = exporter.get_finished_spans()
+    (task,) = [s for s in spans if s.name == "task"]
+    assert dict(task.attributes) == {"agent": "takeoff", "version": "1.3.1", "slot": "canary", "transport": "http"}
+    llm = [s for s in spans if s.name == "llm.complete"]
+    tools = [s for s in spans if s.name == "tool.call"]
+    assert len(llm) == answer.json()["rounds"] == 2 and len(tools) == 1
+    assert all(s.parent is not None and s.parent.span_id == task.context.span_id for s in llm + tools)
+    assert {s.context.trace_id for s in spans} == {task.context.trace_id}
+    assert llm[0].attributes["provider"] == "scripted/takeoff" and llm[0].attributes["round"] == 1
+    assert (llm[0].attributes["agent"], llm[0].attributes["version"]) == ("takeoff", "1.3.1")
+    assert tools[0].attributes["tool"] == "compute_concrete_volume" and tools[0].attributes["outcome"] == "success"
+    assert task.resource.attributes["service.name"] == "chenu-agent-takeoff"
+
+
+def test_tracing_is_off_by_default_and_never_touches_the_sdk(
+    tmp_path: Path, world: dict, serve, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from opentelemetry.sdk import trace as sdk_trace
+
+    def refused(*_args: object, **_kwargs: object) -> None:
+        raise AssertionError("a TracerProvider was created with tracing off")
+
+    monkeypatch.setattr(sdk_trace.TracerProvider, "__init__", refused)
+    srv = serve(make_config(tmp_path, world, world["legal"]))
+    assert srv.post("/v1/tasks", {"input": "Bonjour"}).status_code == 200
+    assert srv.get("/admin/status", "operator").json()["tracing"] == "off"
+    with pytest.raises(RuntimeConfigError, match="tracing"):
+        make_config(tmp_path, world, world["legal"], tracing="jaeger")
+
+
+def test_tracing_exporters_from_settings(tmp_path: Path, world: dict) -> None:
+    from chenu_agents.runtime.tracing import span_factory
+
+    otlp = span_factory("otlp_http", "svc", endpoint="http://127.0.0.1:9/v1/traces")
+    console = span_factory("console", "svc")
+    try:
+        assert otlp.description == "otlp_http http://127.0.0.1:9/v1/traces" and console.description == "console"
+    finally:
+        otlp.shutdown()
+        console.shutdown()
+    config = RuntimeConfig.from_mapping(
+        {"bundle": "b", "trust_store": "t", "accepted_versions": "a", "slot": "blue", "tracing": "otlp_http",
+         "tracing_endpoint": "http://collector:4318/v1/traces",
+         "queue": {"url": "amqp://runtime@127.0.0.1:5672/chenu", "prefetch": 8, "password_env": "MQ_PW"}}
+    )  # fmt: skip
+    assert config.tracing_endpoint == "http://collector:4318/v1/traces"
+    assert config.queue is not None and config.queue.prefetch == 8 and config.queue.queue_name("x") == "chenu.tasks.x"
+    assert config.queue.connection_url({"MQ_PW": "p@ss/w"}) == "amqp://runtime:p%40ss%2Fw@127.0.0.1:5672/chenu"
+    with pytest.raises(RuntimeConfigError, match="queue"):
+        RuntimeConfig.from_mapping({"bundle": "b", "trust_store": "t", "accepted_versions": "a", "slot": "blue",
+                                    "queue": {"url": "http://nope"}})  # fmt: skip

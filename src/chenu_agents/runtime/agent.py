@@ -64,8 +64,18 @@ class ToolRunner(Protocol):
 SpanFactory = Callable[..., AbstractContextManager[Any]]
 
 
+class Unrecorded:
+    """What a span is when tracing is off: attributes set on it go nowhere."""
+
+    def set_attribute(self, key: str, value: Any) -> None:
+        pass
+
+
+UNRECORDED = Unrecorded()
+
+
 def _no_span(_name: str, **_attributes: Any) -> AbstractContextManager[Any]:
-    return nullcontext()
+    return nullcontext(UNRECORDED)
 
 
 @dataclass(frozen=True)
@@ -193,11 +203,13 @@ class LoadedAgent:
         records: list[ToolCallRecord] = []
         tokens_in = tokens_out = fallbacks = 0
         for round_no in range(1, self.max_rounds + 1):
-            with span("llm.complete", round=round_no):
+            with span("llm.complete", agent=self.agent, version=self.version, round=round_no) as llm_span:
                 try:
                     answer = self.chain.complete(messages, tools, self.parameters)
                 except ProviderError as exc:
                     raise TaskError(f"LLM chain failed: {exc}", status=502) from exc
+                llm_span.set_attribute("provider", answer.provider)
+                llm_span.set_attribute("fallbacks", answer.fallbacks_taken)
             completion = answer.completion
             tokens_in += completion.usage.input_tokens
             tokens_out += completion.usage.output_tokens
@@ -206,8 +218,9 @@ class LoadedAgent:
                 return TaskResult(completion.text, records, tokens_in, tokens_out, answer.provider, fallbacks, round_no)
             messages.append({"role": "assistant", "content": completion.text, "tool_calls": completion.tool_calls})
             for call in completion.tool_calls:
-                with span("tool.call", tool=call.name):
+                with span("tool.call", agent=self.agent, version=self.version, tool=call.name) as tool_span:
                     record = self.call_tool(call, runner)
+                    tool_span.set_attribute("outcome", record.outcome)
                 records.append(record)
                 messages.append(
                     {"role": "tool", "tool_call_id": call.id, "name": call.name, "content": record.for_model()}

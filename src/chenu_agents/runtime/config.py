@@ -14,6 +14,9 @@ SHA-256 of each bearer token (`python -m chenu_agents.runtime --hash-token` prin
     memory_limit_mb: 1024
     database_dsn: postgresql://chenu@127.0.0.1/chenu                # readiness only
     rabbitmq_url: amqp://chenu@127.0.0.1:5672/chenu                 # readiness only
+    queue: {url: "amqp://runtime@127.0.0.1:5672/chenu", prefetch: 4}  # consume tasks (name: chenu.tasks.<agent>)
+    tracing: otlp_http                                              # or console; off by default
+    tracing_endpoint: http://127.0.0.1:4318/v1/traces
     llm_chain: [scripted/legal_info]                                # development and sandbox
     provider_base_urls: {openai: "http://127.0.0.1:11434/v1"}
 
@@ -30,6 +33,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import yaml
 
@@ -45,10 +49,69 @@ _FLOATS = {"health_timeout_s", "health_cache_s", "shutdown_timeout_s"}
 _BOOLS = {"allow_rollback"}
 _MAPPINGS = {"provider_base_urls", "provider_api_key_env", "llm_parameters"}
 _LISTS = {"llm_chain"}
+_JSON_ENV = _MAPPINGS | _LISTS | {"queue"}
+TRACING = ("none", "console", "otlp_http", "otlp")  # otlp: the former name of otlp_http
+QUEUE_PREFIX = "chenu.tasks."  # roles/rabbitmq: rabbitmq_task_queue_prefix
 
 
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class QueueSettings:
+    """Tasks from RabbitMQ: the agent's durable queue, declared by roles/rabbitmq, consumed with manual ack.
+
+    The password may stay out of the URL: `password_env` names the variable that holds it.
+    """
+
+    url: str
+    name: str | None = None  # default: chenu.tasks.<agent>
+    prefetch: int = 4  # also the number of queued tasks answered at once
+    password_env: str | None = None
+    lifecycle_poll_s: float = 1.0  # how soon a pause or deprecation stops the consumer
+    reconnect_s: float = 5.0
+
+    @classmethod
+    def from_mapping(cls, data: Any) -> QueueSettings:
+        if not isinstance(data, Mapping):
+            raise TypeError("a mapping {url, name?, prefetch?, password_env?}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown keys {unknown}; known: {', '.join(sorted(known))}")
+        url = data.get("url")
+        if not isinstance(url, str) or not url.startswith(("amqp://", "amqps://")):
+            raise ValueError(f"url: an amqp:// or amqps:// URL (got {url!r})")
+        prefetch = int(data.get("prefetch", cls.prefetch))
+        if prefetch < 1:
+            raise ValueError(f"prefetch: at least 1 (got {prefetch})")
+        return cls(
+            url=url,
+            name=str(data["name"]) if data.get("name") else None,
+            prefetch=prefetch,
+            password_env=str(data["password_env"]) if data.get("password_env") else None,
+            lifecycle_poll_s=float(data.get("lifecycle_poll_s", cls.lifecycle_poll_s)),
+            reconnect_s=float(data.get("reconnect_s", cls.reconnect_s)),
+        )
+
+    def queue_name(self, agent: str) -> str:
+        return self.name or f"{QUEUE_PREFIX}{agent}"
+
+    def connection_url(self, environ: Mapping[str, str] | None = None) -> str:
+        if not self.password_env:
+            return self.url
+        environ = os.environ if environ is None else environ
+        password = environ.get(self.password_env)
+        if not password:
+            raise RuntimeConfigError(
+                f"queue: {self.password_env} is not set", [Problem("runtime config", "queue.password_env", "set")]
+            )
+        parts = urlsplit(self.url)
+        user = parts.username or ""
+        host = parts.hostname or ""
+        netloc = f"{quote(user, safe='')}:{quote(password, safe='')}@{host}" + (f":{parts.port}" if parts.port else "")
+        return urlunsplit(parts._replace(netloc=netloc))
 
 
 @dataclass(frozen=True)
@@ -66,7 +129,8 @@ class RuntimeConfig:
     work_dir: Path | None = None  # where the bundle is unpacked; default: a private temporary directory
     memory_limit_mb: int | None = None
     database_dsn: str | None = None
-    rabbitmq_url: str | None = None
+    rabbitmq_url: str | None = None  # readiness only; `queue` consumes
+    queue: QueueSettings | None = None
     allow_rollback: bool = False
     llm_chain: tuple[str, ...] = ()  # replaces the bundle's primary + fallbacks (e.g. scripted only)
     llm_parameters: Mapping[str, Any] = field(default_factory=dict)  # merged over the bundle's
@@ -76,7 +140,8 @@ class RuntimeConfig:
     max_in_flight: int = 64
     workers: int = 16
     sandbox_mode: str = "pooled"  # pooled (warm interpreter per handler) | per_call (fresh one per call)
-    tracing: str = "none"  # none | console | otlp
+    tracing: str = "none"  # none | console | otlp_http
+    tracing_endpoint: str | None = None  # otlp_http; default: OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT or localhost:4318
     health_timeout_s: float = 1.0
     health_cache_s: float = 2.0
     shutdown_timeout_s: float = 30.0
@@ -91,8 +156,8 @@ class RuntimeConfig:
             problems.append(
                 Problem("runtime config", "sandbox_mode", f"per_call or pooled (got {self.sandbox_mode!r})")
             )
-        if self.tracing not in ("none", "console", "otlp"):
-            problems.append(Problem("runtime config", "tracing", f"none, console or otlp (got {self.tracing!r})"))
+        if self.tracing not in TRACING:
+            problems.append(Problem("runtime config", "tracing", f"none, console or otlp_http (got {self.tracing!r})"))
         if self.max_rounds < 1 or self.max_in_flight < 1 or self.workers < 1:
             problems.append(Problem("runtime config", "max_rounds/max_in_flight/workers", "at least 1"))
         if problems:
@@ -154,11 +219,13 @@ class RuntimeConfig:
         for f in fields(cls):
             raw = environ.get(ENV_PREFIX + f.name.upper())
             if raw is not None:
-                data[f.name] = json.loads(raw) if f.name in _MAPPINGS | _LISTS else raw
+                data[f.name] = json.loads(raw) if f.name in _JSON_ENV else raw
         return cls.from_mapping(data, source)
 
 
 def _coerce(key: str, value: Any) -> Any:
+    if key == "queue":
+        return QueueSettings.from_mapping(value)
     if key in _PATHS:
         return Path(value)
     if key in _INTS:
