@@ -11,6 +11,7 @@ from pathlib import Path
 def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int = 0o644) -> None:
     """Write via a temp file in the same directory, created with its final mode, then rename over."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         # mkstemp creates 0600, so a private file is never readable by others; widen only if asked.
@@ -34,10 +35,9 @@ def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int = 0o644) -
 
 
 def write_if_changed(path: str | os.PathLike[str], data: bytes, mode: int = 0o644) -> bool:
-    """atomic_write, creating parent directories, unless the file already holds exactly these bytes."""
+    """atomic_write, unless the file already holds exactly these bytes."""
     path = Path(path)
     if path.is_file() and not path.is_symlink() and path.stat().st_size == len(data) and path.read_bytes() == data:
         return False
-    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, data, mode)
     return True
