@@ -4,7 +4,7 @@ A slot's settings file (written by the sandbox_runtime role) names its bundle as
 `<slot dir>/current/agent.tar.zst`; this module owns what is behind that path:
 
     <slot dir>/releases/<version>-<digest[:16]>/agent.tar.zst      one directory per release,
-    <slot dir>/releases/<version>-<digest[:16]>/agent.tar.zst.sig  never rewritten once the slot uses it
+    <slot dir>/releases/<version>-<digest[:16]>/agent.tar.zst.sig  rewritten only when the bundle is re-signed
     <slot dir>/current -> releases/<version>-<digest[:16]>         one symlink, swapped by one rename
 
 One symlink to a directory (rather than two links, bundle and signature) means a runtime that starts or
@@ -290,8 +290,12 @@ def deploy(
         "serving": served.to_dict() if served else None,
     }
     after = {"installed": new.to_dict(), "serving": new.to_dict() if served or control.can_start else None}
-    needs_install = installed is None or installed.digest != new.digest
-    needs_load = served is None or served.digest != new.digest
+    # Same bytes re-signed (after a rotation or a revocation) is a change too: the slot must load the
+    # new statement, or it keeps one that may no longer verify.
+    installed_sig = slot.current / f"{BUNDLE_NAME}.sig"
+    resigned = installed is not None and (not installed_sig.is_file() or installed_sig.read_bytes() != sig.read_bytes())
+    needs_install = installed is None or installed.digest != new.digest or resigned
+    needs_load = served is None or served.digest != new.digest or resigned
     if needs_load and served is None and not control.can_start and wait:
         raise DeployError(
             f"slot {slot.config.slot} ({slot.url}) is not running and there is no service manager to start it; "

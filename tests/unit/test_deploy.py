@@ -72,7 +72,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
             }
         )
     )
-    return {"settings": settings, "slot": slot, **{v: signed(v) for v in ("1.2.0", "1.3.0", "1.4.0")}}
+    return {"settings": settings, "slot": slot, "store": store, **{v: signed(v) for v in ("1.2.0", "1.3.0", "1.4.0")}}
 
 
 @pytest.fixture(scope="module")
@@ -141,6 +141,17 @@ def test_install_reload_and_idempotence(world: dict, runtime: subprocess.Popen) 
     again = deploy(world["settings"], world["1.3.0"], admin_token=ADMIN)
     assert not again.changed and again.reload is None
     assert not deploy(world["settings"], world["1.3.0"], admin_token=ADMIN, check_mode=True).changed
+
+
+def test_same_bundle_re_signed_is_installed_and_loaded(world: dict, runtime: subprocess.Popen) -> None:
+    # After a key rotation or a revocation the bytes stay, the statement changes: the slot must load it.
+    sign_bundle(world["1.3.0"], world["store"], agent="legal_info", version="1.3.0")
+    installed_sig = world["slot"] / "current" / "agent.tar.zst.sig"
+    assert installed_sig.read_bytes() != Path(f"{world['1.3.0']}.sig").read_bytes()
+    resigned = deploy(world["settings"], world["1.3.0"], admin_token=ADMIN)
+    assert resigned.changed and resigned.reload == "http" and _serving(world) == "1.3.0"
+    assert installed_sig.read_bytes() == Path(f"{world['1.3.0']}.sig").read_bytes()
+    assert not deploy(world["settings"], world["1.3.0"], admin_token=ADMIN).changed
 
 
 def test_tampered_bundle_is_refused_and_the_slot_keeps_serving(world: dict, runtime, tmp_path: Path) -> None:
