@@ -21,6 +21,7 @@ from pathlib import Path, PurePosixPath
 import zstandard
 
 from .errors import BundleError, Problem
+from .files import canonical_json
 from .policy import Policy, agent_files, check, load_policy
 from .spec import AgentSpec, load_agent
 
@@ -40,16 +41,6 @@ class Limits:
     max_file_bytes: int = 1024 * 1024 + 256 * 1024
     max_files: int = 501
     max_path_length: int = 200
-
-    @classmethod
-    def from_policy(cls, policy: Policy) -> Limits:
-        lim = policy.limits
-        return cls(
-            max_total_bytes=lim["max_total_bytes"] + 1024 * 1024,
-            max_file_bytes=max(lim["max_file_bytes"], 256 * 1024),
-            max_files=lim["max_files"] + 1,
-            max_path_length=lim["max_path_length"],
-        )
 
 
 @dataclass(frozen=True)
@@ -100,10 +91,6 @@ class Bundle:
 
 def digest_bytes(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def canonical_json(obj: object) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def _tarinfo(name: str, size: int) -> tarfile.TarInfo:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -41,3 +42,8 @@ def write_if_changed(path: str | os.PathLike[str], data: bytes, mode: int = 0o64
         return False
     atomic_write(path, data, mode)
     return True
+
+
+def canonical_json(obj: object) -> bytes:
+    """The one canonical JSON encoding: sorted keys, no whitespace. What is hashed or signed."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()

@@ -33,7 +33,7 @@ from .errors import (
     UnknownKey,
     VerificationError,
 )
-from .files import atomic_write
+from .files import atomic_write, canonical_json
 from .keystore import KeyStore
 from .semver import compare as semver_compare
 from .semver import parse as semver_parse
@@ -79,7 +79,7 @@ class Statement:
         }
 
     def canonical_bytes(self) -> bytes:
-        return canonical(self.to_dict())
+        return canonical_json(self.to_dict())
 
     @classmethod
     def from_dict(cls, data: Any) -> Statement:
@@ -98,10 +98,6 @@ class Statement:
             issued_at=parse_time(data["issued_at"]),
             expires_at=parse_time(data["expires_at"]),
         )
-
-
-def canonical(obj: dict[str, Any]) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def file_digest(path: str | os.PathLike[str]) -> str:
@@ -219,7 +215,7 @@ def verify_bundle(
     if key is None:
         raise UnknownKey(f"{where}: signed by {key_id!r}, which the trust store does not hold")
     try:
-        signed_bytes = canonical(raw)
+        signed_bytes = canonical_json(raw)
     except (TypeError, ValueError):
         raise BadSignature(f"{where}: statement cannot be serialised canonically") from None
     if not key.verify(signed_bytes, signature):
