@@ -4,10 +4,10 @@
     .venv/bin/python bench/runtime.py --agent takeoff --input "Dalle de béton de 10 m x 8 m x 0,15 m" \
         --sandbox-mode pooled      # one tool call per task
 
-Both servers run as their own processes on 127.0.0.1; this process is the load generator. Phase 1 sends
-requests at a fixed rate (open loop: a request leaves on schedule whether or not the previous one has
-answered) and reports p50, p95, p99 and the throughput achieved; phase 2 runs `--clients` closed-loop
-clients for `--saturate-s` seconds for the most each server can answer. Overhead = ours minus bare. The
+Both servers run as their own processes on 127.0.0.1; this process is the load generator
+(chenu_agents.loadgen). Phase 1 sends requests at a fixed rate from `--clients` keep-alive clients
+sharing one schedule and reports p50, p95, p99 and the throughput achieved; phase 2 runs `--clients`
+closed-loop clients for `--saturate-s` seconds for the most each server can answer. Overhead = ours minus bare. The
 runtime is the real one: a bundle built from examples/agents/legal_info, signed, verified at start,
 bearer token checked, system prompt rendered, scripted LLM chain, metrics recorded. Every loop is
 bounded in count and time.
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import aiohttp
 
-from chenu_agents import bundle
+from chenu_agents import bundle, loadgen
 from chenu_agents.files import write_if_changed
 from chenu_agents.keystore import FileKeyStore
 from chenu_agents.runtime import hash_token
@@ -37,7 +37,7 @@ from chenu_agents.signing import sign_bundle
 
 REPO = Path(__file__).resolve().parents[1]
 TOKEN = secrets.token_urlsafe(24)
-BODY: dict[str, str] = {"session_id": "bench"}
+INPUT = {"text": "Bonjour"}
 BARE = """
 import sys
 from aiohttp import web
@@ -55,11 +55,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else float("nan")
 
 
 def prepare(work: Path, agent: str, sandbox_mode: str) -> Path:
@@ -103,86 +98,23 @@ async def wait_ready(url: str, deadline_s: float = 30) -> None:
     raise RuntimeError(f"{url} not ready within {deadline_s} s")
 
 
-async def fixed_rate(url: str, rate: float, seconds: float, token: str = TOKEN) -> dict:
-    headers = {"Authorization": f"Bearer {token}"}
-    latencies: list[float] = []
-    errors = 0
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=200)) as session:
+def ms(summary: dict, q: str) -> float:
+    value = summary[f"latency_{q}"]
+    return float("nan") if value is None else value * 1000
 
-        async def one() -> None:
-            nonlocal errors
-            started = time.perf_counter()
-            try:
-                async with session.post(f"{url}/v1/tasks", json=BODY, headers=headers) as r:
-                    await r.read()
-                    if r.status != 200:
-                        errors += 1
-                        return
-            except aiohttp.ClientError:
-                errors += 1
-                return
-            latencies.append(time.perf_counter() - started)
 
-        for _ in range(50):  # warm-up: connections, caches, the first render
-            await one()
-        latencies.clear()
-        total = int(rate * seconds)
-        tasks = []
-        start = time.perf_counter()
-        for i in range(total):
-            delay = start + i / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            tasks.append(asyncio.create_task(one()))
-        await asyncio.wait_for(asyncio.gather(*tasks), timeout=seconds + 60)
-        elapsed = time.perf_counter() - start
-    return {"latencies": latencies, "errors": errors, "throughput": len(latencies) / elapsed}
+def load(url: str, token: str, **kw: float) -> loadgen.LoadConfig:
+    return loadgen.LoadConfig(url=url, token=token, input=INPUT["text"], **kw)
+
+
+async def fixed_rate(url: str, rate: float, seconds: float, clients: int, token: str = TOKEN) -> dict:
+    """`rate` req/s shared by `clients` keep-alive clients, after 50 uncounted warm-up requests."""
+    return await loadgen.run(load(url, token, rate=rate, clients=clients, duration=seconds, warmup=50))
 
 
 async def saturate(url: str, clients: int, seconds: float, token: str = TOKEN) -> float:
-    headers = {"Authorization": f"Bearer {token}"}
-    done = 0
-    end = time.perf_counter() + seconds
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=clients)) as session:
-
-        async def client() -> None:
-            nonlocal done
-            for _ in range(1_000_000):
-                if time.perf_counter() >= end:
-                    return
-                async with session.post(f"{url}/v1/tasks", json=BODY, headers=headers) as r:
-                    await r.read()
-                    done += r.status == 200
-
-        start = time.perf_counter()
-        await asyncio.wait_for(asyncio.gather(*(client() for _ in range(clients))), timeout=seconds + 60)
-        return done / (time.perf_counter() - start)
-
-
-async def soak(url: str, clients: int, seconds: float, token: str) -> dict:
-    """Closed-loop load: `clients` keep-alive clients back to back for `seconds`; every non-200 is an error."""
-    headers = {"Authorization": f"Bearer {token}"}
-    counts = {"ok": 0, "errors": 0}
-    latencies: list[float] = []
-    end = time.perf_counter() + seconds
-    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=clients)) as session:
-
-        async def client() -> None:
-            for _ in range(10_000_000):
-                if time.perf_counter() >= end:
-                    return
-                started = time.perf_counter()
-                try:
-                    async with session.post(f"{url}/v1/tasks", json=BODY, headers=headers) as r:
-                        await r.read()
-                        ok = r.status == 200
-                except aiohttp.ClientError:
-                    ok = False
-                counts["ok" if ok else "errors"] += 1
-                latencies.append(time.perf_counter() - started)
-
-        await asyncio.wait_for(asyncio.gather(*(client() for _ in range(clients))), timeout=seconds + 60)
-    return {**counts, "latencies": latencies}
+    """The most a server answers: `clients` closed-loop clients back to back; 200s per second."""
+    return (await loadgen.run(load(url, token, rate=0, clients=clients, duration=seconds)))["ok_throughput"]
 
 
 async def run_deployed(args: argparse.Namespace) -> None:
@@ -191,28 +123,26 @@ async def run_deployed(args: argparse.Namespace) -> None:
     rows = {}
     for name, url in (("direct", args.direct), ("haproxy", args.through)):
         await wait_ready(url)
-        rows[name] = await fixed_rate(url, args.rate, args.seconds, token)
+        rows[name] = await fixed_rate(url, args.rate, args.seconds, args.clients, token)
     print(f"deployed slot, /v1/tasks at {args.rate:g} req/s for {args.seconds:g} s, input {args.input!r}")
     print(f"{'':<10}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'req/s':>9}{'errors':>8}")
     for name, r in rows.items():
-        lat = r["latencies"]
         print(
-            f"{name:<10}{percentile(lat, 0.5) * 1000:>9.2f}{percentile(lat, 0.95) * 1000:>9.2f}"
-            f"{percentile(lat, 0.99) * 1000:>9.2f}{r['throughput']:>9.1f}{r['errors']:>8}"
+            f"{name:<10}{ms(r, 'p50'):>9.2f}{ms(r, 'p95'):>9.2f}{ms(r, 'p99'):>9.2f}{r['ok_throughput']:>9.1f}{r['failed']:>8}"
         )
-    d, h = rows["direct"]["latencies"], rows["haproxy"]["latencies"]
+    d, h = rows["direct"], rows["haproxy"]
     print(
         "haproxy   "
-        + "".join(f"{(percentile(h, q) - percentile(d, q)) * 1000:>9.2f}" for q in (0.5, 0.95, 0.99))
+        + "".join(f"{ms(h, q) - ms(d, q):>9.2f}" for q in ("p50", "p95", "p99"))
         + "   (added by HAProxy, ms)"
     )
     if args.soak_s > 0:
-        r = await soak(args.through, args.clients, args.soak_s, token)
-        total = r["ok"] + r["errors"]
+        r = await loadgen.run(load(args.through, token, rate=0, clients=args.clients, duration=args.soak_s))
+        total = r["requests"]
         print(
             f"load through HAProxy: {args.clients} clients for {args.soak_s:g} s: {total} requests, "
-            f"{r['errors']} errors ({r['errors'] / max(total, 1):.4%}), {total / args.soak_s:.0f} req/s, "
-            f"p95 {percentile(r['latencies'], 0.95) * 1000:.2f} ms, p99 {percentile(r['latencies'], 0.99) * 1000:.2f} ms"
+            f"{r['failed']} errors ({r['failed'] / max(total, 1):.4%}), {r['throughput']:.0f} req/s, "
+            f"p95 {ms(r, 'p95'):.2f} ms, p99 {ms(r, 'p99'):.2f} ms"
         )
 
 
@@ -243,7 +173,7 @@ async def run(args: argparse.Namespace) -> None:
             await wait_ready(ours_url)
             results = {}
             for name, url in (("bare", bare_url), ("ours", ours_url)):
-                results[name] = await fixed_rate(url, args.rate, args.seconds)
+                results[name] = await fixed_rate(url, args.rate, args.seconds, args.clients)
                 if args.saturate_s > 0:
                     results[name]["max"] = await saturate(url, args.clients, args.saturate_s)
                 results[name]["rss"] = rss_mib(procs[name].pid)
@@ -260,16 +190,14 @@ async def run(args: argparse.Namespace) -> None:
     print(header)
     for name in ("bare", "ours"):
         r = results[name]
-        lat = r["latencies"]
         print(
-            f"{name:<10}{percentile(lat, 0.5) * 1000:>9.2f}{percentile(lat, 0.95) * 1000:>9.2f}"
-            f"{percentile(lat, 0.99) * 1000:>9.2f}{r['throughput']:>9.1f}{r.get('max', float('nan')):>11.0f}"
-            f"{r['errors']:>8}{r['rss']:>9.1f}"
+            f"{name:<10}{ms(r, 'p50'):>9.2f}{ms(r, 'p95'):>9.2f}{ms(r, 'p99'):>9.2f}{r['ok_throughput']:>9.1f}"
+            f"{r.get('max', float('nan')):>11.0f}{r['failed']:>8}{r['rss']:>9.1f}"
         )
-    ours, bare = results["ours"]["latencies"], results["bare"]["latencies"]
+    ours, bare = results["ours"], results["bare"]
     print(
         "overhead  "
-        + "".join(f"{(percentile(ours, q) - percentile(bare, q)) * 1000:>9.2f}" for q in (0.5, 0.95, 0.99))
+        + "".join(f"{ms(ours, q) - ms(bare, q):>9.2f}" for q in ("p50", "p95", "p99"))
         + "   (ours - bare, ms)"
     )
 
@@ -288,7 +216,7 @@ def main() -> None:
     parser.add_argument("--token-file", default=str(REPO / ".cache/local/secrets/runtime_caller"))
     parser.add_argument("--soak-s", type=float, default=0.0, help="with --through: closed-loop load for this long")
     args = parser.parse_args()
-    BODY["input"] = args.input
+    INPUT["text"] = args.input
     if not 0 < args.rate <= 2000 or not 0 < args.seconds <= 600 or not 0 <= args.saturate_s <= 600:
         parser.error("rate in (0, 2000], seconds in (0, 600], saturate-s in [0, 600]")
     if not 0 <= args.soak_s <= 900 or not 0 < args.clients <= 100:
