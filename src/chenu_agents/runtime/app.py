@@ -18,6 +18,11 @@ reference: a request keeps the version it started with until it answers.
 
 With `queue` set, tasks also arrive from the agent's RabbitMQ queue (`queue.TaskConsumer`) and take the
 same path (`execute_task`), counted in the same request series.
+
+With `feature_flag` set, each HTTP task request is first put to the agent's release flag
+(`flagging.FlagRouter`, through OpenFeature); a request the flag gives to the variant is forwarded to the
+variant's slot and answered with its answer, counted there, not here. A variant that cannot answer
+(connection refused, timeout, 502/503/504) leaves the request to this slot: the flag never fails it.
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ from chenu_agents.errors import ChenuError, TaskError
 
 from . import health
 from .agent import LoadedAgent, TaskResult, ToolRunner, load_agent
+from .config import FLAG_ROUTE_HEADER as ROUTE
+from .config import FORWARDED_BY_HEADER as FORWARDED_BY
 from .config import LifecycleState, Principal, RuntimeConfig, StateFile, Tokens
 from .metrics import Metrics
 from .tracing import span_factory
@@ -87,6 +94,11 @@ class Runtime:
         )
         self.span, self.tracing = self._tracing.span, self._tracing.description
         self.consumer: Any = None  # queue.TaskConsumer when tasks also come from RabbitMQ
+        self.flags: Any = None  # flagging.FlagRouter when the release flag routes tasks
+        if config.feature_flag is not None:
+            from .flagging import FlagRouter  # openfeature, redis and the HTTP client only when flagged
+
+            self.flags = FlagRouter(config.feature_flag, agent.agent, config.slot, self.metrics)
         self._sandbox = sandbox
         self._owns_sandbox = sandbox is None
         self._sandbox_lock = threading.Lock()
@@ -299,8 +311,12 @@ async def handle_task(request: web.Request) -> web.StreamResponse:
     except Exception:
         log.exception("task failed")
         response = _respond(500, {"error": "internal error", "agent": agent.agent, "version": agent.version})
-    rt.record(agent, response.status, started)
+    if not response.get(_FORWARDED, False):  # the variant counts what it answered
+        rt.record(agent, response.status, started)
     return response
+
+
+_FORWARDED = web.ResponseKey("chenu_forwarded", bool)
 
 
 async def _task(rt: Runtime, agent: LoadedAgent, request: web.Request) -> web.Response:
@@ -310,12 +326,39 @@ async def _task(rt: Runtime, agent: LoadedAgent, request: web.Request) -> web.Re
         return refusal
     if rt.in_flight >= rt.config.max_in_flight:
         return _respond(429, {"error": f"{rt.in_flight} tasks in flight; retry later"}, {"Retry-After": "1"})
+    body = await request.read()
     try:
-        data = await request.json()
+        data = json.loads(body)
     except ValueError:
         raise TaskError("the body is not JSON", status=400) from None
+    route = None
+    if rt.flags is not None and isinstance(data, dict) and FORWARDED_BY not in request.headers:
+        route = await _route(rt, request, body, data)
+        if isinstance(route, web.Response):
+            return route
     status, payload = await execute_task(rt, agent, data)
-    return _respond(status, payload)
+    return _respond(status, payload, {ROUTE: route} if route else None)
+
+
+async def _route(rt: Runtime, request: web.Request, body: bytes, data: dict) -> web.Response | str:
+    """The variant's answer, or how this slot's own answer is marked (stable or fallback)."""
+    try:
+        decision = await rt.flags.decide(request, data)
+    except Exception:  # a broken flag never fails a task
+        log.exception("release flag evaluation failed; answering from this slot")
+        return "stable"
+    if not decision.variant:
+        return "stable"
+    if decision.url is None:
+        if decision.detail.flag_metadata.get("variant_slot") == rt.config.slot:
+            return "variant"  # this slot is the variant
+        rt.flags.fallback("no_url")
+        return "fallback"
+    answer = await rt.flags.forward(request, body, decision.url)
+    if answer is None:
+        return "fallback"
+    answer[_FORWARDED] = True
+    return answer
 
 
 async def execute_task(rt: Runtime, agent: LoadedAgent, data: Any, *, transport: str = "http") -> tuple[int, dict]:
@@ -407,6 +450,7 @@ async def handle_status(request: web.Request) -> web.Response:
             "sandbox_mode": rt.config.sandbox_mode,
             "tracing": rt.tracing,
             "queue": rt.consumer.describe() if rt.consumer is not None else None,
+            "feature_flag": rt.flags.describe() if rt.flags is not None else None,
         },
     )
 
@@ -437,6 +481,8 @@ def create_app(runtime: Runtime) -> web.Application:
         app.on_shutdown.append(on_shutdown)
 
     async def on_cleanup(_app: web.Application) -> None:
+        if runtime.flags is not None:
+            await runtime.flags.aclose()
         await asyncio.to_thread(runtime.close)
 
     app.on_cleanup.append(on_cleanup)

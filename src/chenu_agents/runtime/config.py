@@ -19,6 +19,8 @@ SHA-256 of each bearer token (`python -m chenu_agents.runtime --hash-token` prin
     tracing_endpoint: http://127.0.0.1:4318/v1/traces
     llm_chain: [scripted/legal_info]                                # development and sandbox
     provider_base_urls: {openai: "http://127.0.0.1:11434/v1"}
+    feature_flag: {file: /etc/chenu-agents/runtime/flags.json,                # release flag (flags.py)
+                   redis_url: "redis://127.0.0.1:6379/0", redis_password_env: CHENU_REDIS_PASSWORD}
 
 The accepted-versions file belongs to the slot: two slots of one agent sharing it would see the
 older slot's restart as a rollback.
@@ -49,9 +51,11 @@ _FLOATS = {"health_timeout_s", "health_cache_s", "shutdown_timeout_s"}
 _BOOLS = {"allow_rollback"}
 _MAPPINGS = {"provider_base_urls", "provider_api_key_env", "llm_parameters"}
 _LISTS = {"llm_chain"}
-_JSON_ENV = _MAPPINGS | _LISTS | {"queue"}
+_JSON_ENV = _MAPPINGS | _LISTS | {"queue", "feature_flag"}
 TRACING = ("none", "console", "otlp_http", "otlp")  # otlp: the former name of otlp_http
 QUEUE_PREFIX = "chenu.tasks."  # roles/rabbitmq: rabbitmq_task_queue_prefix
+FORWARDED_BY_HEADER = "X-Chenu-Forwarded-By"  # a task forwarded by the release flag: never forwarded again
+FLAG_ROUTE_HEADER = "X-Chenu-Flag-Route"  # stable | variant | fallback, on answers of a flag-evaluating slot
 
 
 def hash_token(token: str) -> str:
@@ -115,6 +119,77 @@ class QueueSettings:
 
 
 @dataclass(frozen=True)
+class FeatureFlagSettings:
+    """The agent's release flag, evaluated per task request (docs/feature_flags.md).
+
+    `file` is the flags file `chenu.agents.feature_flag` writes; `flag` defaults to `<agent>.release`.
+    `variant_url` is used when the flag names no URL. Stickiness lives in Redis when `redis_url` is set
+    (password from the variable `redis_password_env`), else in a bounded in-process LRU.
+    """
+
+    file: Path
+    flag: str | None = None
+    variant_url: str | None = None
+    redis_url: str | None = None
+    redis_password_env: str | None = None
+    redis_timeout_s: float = 0.25
+    sticky_prefix: str = "chenu:flags:"
+    sticky_ttl_s: float = 86_400.0
+    sticky_max_sessions: int = 100_000
+    internal_groups: tuple[str, ...] = ("internal",)
+    beta_groups: tuple[str, ...] = ("beta",)
+    check_interval_s: float = 0.1  # how often the flags file is stat'ed at most
+    connect_timeout_s: float = 1.0
+    forward_timeout_s: float = 120.0
+
+    @classmethod
+    def from_mapping(cls, data: Any) -> FeatureFlagSettings:
+        if not isinstance(data, Mapping):
+            raise TypeError("a mapping {file, flag?, variant_url?, redis_url?, sticky_ttl_s?, ...}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown keys {unknown}; known: {', '.join(sorted(known))}")
+        if not data.get("file"):
+            raise ValueError("file: the flags file's path")
+        values: dict[str, Any] = {"file": Path(data["file"])}
+        for name in ("flag", "variant_url", "redis_url", "redis_password_env", "sticky_prefix"):
+            if data.get(name) is not None:
+                values[name] = str(data[name])
+        for name in ("redis_timeout_s", "sticky_ttl_s", "check_interval_s", "connect_timeout_s", "forward_timeout_s"):
+            if data.get(name) is not None:
+                values[name] = float(data[name])
+                if values[name] < 0:
+                    raise ValueError(f"{name}: at least 0 (got {values[name]})")
+        if data.get("sticky_max_sessions") is not None:
+            values["sticky_max_sessions"] = int(data["sticky_max_sessions"])
+            if values["sticky_max_sessions"] < 1:
+                raise ValueError("sticky_max_sessions: at least 1")
+        for name in ("internal_groups", "beta_groups"):
+            groups = data.get(name)
+            if groups is not None:
+                values[name] = tuple(str(g) for g in ([groups] if isinstance(groups, str) else groups))
+        for name in ("variant_url", "redis_url"):
+            url = values.get(name)
+            schemes = ("http", "https") if name == "variant_url" else ("redis", "rediss", "unix")
+            if url is not None and urlsplit(url).scheme not in schemes:
+                raise ValueError(f"{name}: a {' or '.join(s + '://' for s in schemes)} URL (got {url!r})")
+        return cls(**values)
+
+    def redis_password(self, environ: Mapping[str, str] | None = None) -> str | None:
+        if not self.redis_password_env:
+            return None
+        environ = os.environ if environ is None else environ
+        password = environ.get(self.redis_password_env)
+        if not password:
+            raise RuntimeConfigError(
+                f"feature_flag: {self.redis_password_env} is not set",
+                [Problem("runtime config", "feature_flag.redis_password_env", "set")],
+            )
+        return password
+
+
+@dataclass(frozen=True)
 class RuntimeConfig:
     bundle: Path
     trust_store: Path
@@ -131,6 +206,7 @@ class RuntimeConfig:
     database_dsn: str | None = None
     rabbitmq_url: str | None = None  # readiness only; `queue` consumes
     queue: QueueSettings | None = None
+    feature_flag: FeatureFlagSettings | None = None
     allow_rollback: bool = False
     llm_chain: tuple[str, ...] = ()  # replaces the bundle's primary + fallbacks (e.g. scripted only)
     llm_parameters: Mapping[str, Any] = field(default_factory=dict)  # merged over the bundle's
@@ -226,6 +302,8 @@ class RuntimeConfig:
 def _coerce(key: str, value: Any) -> Any:
     if key == "queue":
         return QueueSettings.from_mapping(value)
+    if key == "feature_flag":
+        return FeatureFlagSettings.from_mapping(value)
     if key in _PATHS:
         return Path(value)
     if key in _INTS:

@@ -61,6 +61,23 @@ class Metrics:
         self.info = Gauge("chenu_agent_info", "The agent version this slot serves (1).", [*BASE, "digest"], registry=r)
         self.reloads = Counter("chenu_agent_reloads", "Bundle reloads by outcome.", ["slot", "outcome"], registry=r)
         self.in_flight = Gauge("chenu_agent_in_flight_requests", "Tasks being answered.", ["slot"], registry=r)
+        # Release flag (feature_flag setting): what the slot that evaluates it decided, and what it had to
+        # answer itself because the variant could not. Forwarded tasks are counted by the variant's own
+        # chenu_agent_requests, not here, so that each version's series hold only its own answers.
+        flag = ("agent", "slot", "flag")
+        self.flag_routed = Counter(
+            "chenu_agent_flag_routed", "Task requests by release-flag decision (stable|variant).", [*flag, "variant"],
+            registry=r,
+        )  # fmt: skip
+        self.flag_fallbacks = Counter(
+            "chenu_agent_flag_fallbacks",
+            "Requests the flag gave to the variant but this slot answered (connect|timeout|status|no_url).",
+            [*flag, "reason"],
+            registry=r,
+        )
+        self.flag_sticky_errors = Counter(
+            "chenu_agent_flag_sticky_errors", "Sticky store errors (decided by the stage rule alone).", flag, registry=r
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
