@@ -3,7 +3,8 @@
 Three checks per agent: its own handler unit tests pass; the scripted provider's answers
 (tests/scripted.yaml) satisfy every scenario and integration test, judged by a small evaluator that
 calls the real handlers; legal_info carries enough scenarios in every category (seed 000 §2.2, §3.1).
-The evaluator lives here on purpose: it checks the example content, not the runtime.
+The evaluator is the package's (chenu_agents.agent_tests.judge), the one the lifecycle gates run
+against a sandbox runtime; here it judges the answers computed natively, without a runtime.
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ import yaml
 from jinja2 import StrictUndefined
 from jinja2.sandbox import SandboxedEnvironment
 
+from chenu_agents import agent_tests
+
 ROOT = Path(__file__).resolve().parents[2]
 AGENTS_DIR = ROOT / "examples" / "agents"
 AGENTS = sorted(p.name for p in AGENTS_DIR.iterdir() if (p / "config.yaml").is_file())
-CATEGORIES = {"happy_path", "edge_cases", "error_handling", "security"}
-DISCLAIMER = ("pas de conseil juridique", "consultant un avocat")
+CATEGORIES = set(agent_tests.CATEGORIES)
+DISCLAIMER = agent_tests.DISCLAIMER
 
 
 def _yaml(path: Path):
@@ -86,20 +89,8 @@ def run_scripted(agent: str, text: str) -> tuple[str, list[str]]:
 def check_case(agent: str, case: dict) -> list[str]:
     """Problems of one scenario against the scripted answer; an empty list means it passes."""
     reply, called = run_scripted(agent, case["when"]["input"])
-    then, low = case["then"], reply.lower()
-    problems = []
-    if then.get("status", "ok") != "ok":
-        problems.append(f"status {then['status']!r}: the scripted provider always answers ok")
-    problems += [f"missing {s!r}" for s in then.get("contains", []) if s.lower() not in low]
-    problems += [f"forbidden {s!r}" for s in then.get("not_contains", []) if s.lower() in low]
-    expected = then.get("tools_called")
-    if expected is not None:
-        problems += [f"tool {t} not called" for t in expected if t not in called]
-        if not expected and called:
-            problems.append(f"no tool expected, called {called}")
-    if agent == "legal_info":
-        problems += [f"disclaimer lacks {s!r}" for s in DISCLAIMER if s not in low]
-    return [f"{p} in reply: {reply!r}" for p in problems]
+    constraints = _yaml(AGENTS_DIR / agent / "config.yaml")["agent"].get("constraints", [])
+    return agent_tests.judge(case, reply, called, constraints=constraints)
 
 
 @pytest.mark.parametrize("agent", AGENTS)
