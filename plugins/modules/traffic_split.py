@@ -44,7 +44,7 @@ options:
     required: true
   weights:
     description:
-      - Slot name to whole percentage of the traffic, summing to 100, for example C({blue: 95, green: 5}).
+      - "Slot name to whole percentage of the traffic, summing to 100, for example C({blue: 95, green: 5})."
       - Slots of the agent that are not named get 0.
     type: dict
     required: true
