@@ -146,7 +146,9 @@ after:
   type: dict
 """
 
-from ansible.module_utils.basic import AnsibleModule
+import traceback
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible_collections.chenu.agents.plugins.module_utils.common import require_chenu_agents, run_module
 
 
@@ -159,7 +161,10 @@ def _mode(module):
 
 
 def ensure_stage(module):
-    from chenu_agents.flags import set_stage
+    try:
+        from chenu_agents.flags import set_stage
+    except ImportError:
+        module.fail_json(msg=missing_required_lib("openfeature-sdk"), exception=traceback.format_exc())
 
     p = module.params
     outcome = set_stage(

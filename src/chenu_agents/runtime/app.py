@@ -40,7 +40,7 @@ from typing import Any
 
 from aiohttp import web
 
-from chenu_agents.errors import ChenuError, TaskError
+from chenu_agents.errors import ChenuError, Problem, RuntimeConfigError, TaskError
 
 from . import health
 from .agent import LoadedAgent, TaskResult, ToolRunner, load_agent
@@ -96,8 +96,13 @@ class Runtime:
         self.consumer: Any = None  # queue.TaskConsumer when tasks also come from RabbitMQ
         self.flags: Any = None  # flagging.FlagRouter when the release flag routes tasks
         if config.feature_flag is not None:
-            from .flagging import FlagRouter  # openfeature, redis and the HTTP client only when flagged
-
+            try:  # openfeature, redis and the HTTP client only when flagged
+                from .flagging import FlagRouter
+            except ImportError as exc:
+                raise RuntimeConfigError(
+                    f"feature_flag needs the openfeature-sdk and redis packages ({exc})",
+                    [Problem("runtime config", "feature_flag", "openfeature-sdk and redis installed")],
+                ) from None
             self.flags = FlagRouter(config.feature_flag, agent.agent, config.slot, self.metrics)
         self._sandbox = sandbox
         self._owns_sandbox = sandbox is None
