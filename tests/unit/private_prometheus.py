@@ -1,0 +1,160 @@
+"""A private Prometheus scraping synthetic runtime slots, for the rollout analysis tests.
+
+Nothing here touches the shared Prometheus (:9090): the process runs in the foreground on a free port
+with its configuration and TSDB in a temporary directory, scrapes every second, and stops with the
+fixture. The exporter is the runtime's own `Metrics` class, served by prometheus_client in this
+process; `Traffic` threads feed it requests at a steady rate with a chosen error ratio and latency.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import requests
+from prometheus_client import CollectorRegistry, start_http_server
+
+from chenu_agents.runtime.metrics import Metrics
+
+PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Exporter:
+    """The runtime's metric families on a port of their own."""
+
+    def __init__(self):
+        self.metrics = Metrics(CollectorRegistry())
+        self.port = free_port()
+        self.server, self.thread = start_http_server(self.port, addr="127.0.0.1", registry=self.metrics.registry)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@dataclass
+class Traffic:
+    """One slot's requests: `rate` per second, an `error_ratio` of them 500, each taking `latency` s.
+
+    Errors are spread evenly (request n fails when floor(n * ratio) steps up), so the numbers are
+    exact rather than random. Change the attributes while it runs to change the slot's behaviour.
+    """
+
+    metrics: Metrics
+    agent: str
+    version: str
+    slot: str
+    rate: float = 20.0
+    error_ratio: float = 0.0
+    latency: float = 0.03
+    sent: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def start(self) -> Traffic:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        start = time.monotonic()
+        while not self._stop.is_set():
+            due = start + self.sent / self.rate if self.rate > 0 else time.monotonic() + 0.1
+            wait = due - time.monotonic()
+            if wait > 0:
+                self._stop.wait(min(wait, 0.1))
+                continue
+            n = self.sent
+            failed = int((n + 1) * self.error_ratio) > int(n * self.error_ratio)
+            labels = dict(agent=self.agent, version=self.version, slot=self.slot)
+            self.metrics.requests.labels(**labels, code="500" if failed else "200").inc()
+            self.metrics.duration.labels(**labels).observe(self.latency)
+            self.sent += 1
+
+    def wait_for_scrapes(self, count: int, deadline_s: float = 60) -> None:
+        """Until every target has been scraped `count` times: a full window of data behind each query."""
+        end = time.monotonic() + deadline_s
+        while time.monotonic() < end:
+            with contextlib.suppress(requests.RequestException, KeyError, IndexError, ValueError):
+                body = requests.get(
+                    f"{self.url}/api/v1/query", params={"query": f"min(count_over_time(up[{count + 5}s]))"}, timeout=2
+                ).json()
+                if float(body["data"]["result"][0]["value"][1]) >= count:
+                    return
+            time.sleep(0.5)
+        raise RuntimeError(f"prometheus did not scrape {count} times within {deadline_s} s")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+class PrivatePrometheus:
+    def __init__(self, work: Path, targets: list[str]):
+        self.work = work
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = work / "prometheus.yml"
+        quoted = ", ".join(f'"{t}"' for t in targets)
+        config.write_text(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+            f"scrape_configs:\n  - job_name: chenu_runtime\n    static_configs:\n      - targets: [{quoted}]\n"
+        )
+        self.log = (work / "prometheus.log").open("wb")
+        self.proc = subprocess.Popen(
+            [
+                PROMETHEUS,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={work / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--storage.tsdb.retention.time=1h",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        self._wait_ready()
+
+    def _wait_ready(self, deadline_s: float = 30) -> None:
+        end = time.monotonic() + deadline_s
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"prometheus exited: {(self.work / 'prometheus.log').read_text()[-2000:]}")
+            with contextlib.suppress(requests.RequestException):
+                if requests.get(f"{self.url}/-/ready", timeout=1).status_code == 200:
+                    return
+            time.sleep(0.2)
+        raise RuntimeError(f"prometheus not ready within {deadline_s} s")
+
+    def wait_for_scrapes(self, count: int, deadline_s: float = 60) -> None:
+        """Until every target has been scraped `count` times: a full window of data behind each query."""
+        end = time.monotonic() + deadline_s
+        while time.monotonic() < end:
+            with contextlib.suppress(requests.RequestException, KeyError, IndexError, ValueError):
+                body = requests.get(
+                    f"{self.url}/api/v1/query", params={"query": f"min(count_over_time(up[{count + 5}s]))"}, timeout=2
+                ).json()
+                if float(body["data"]["result"][0]["value"][1]) >= count:
+                    return
+            time.sleep(0.5)
+        raise RuntimeError(f"prometheus did not scrape {count} times within {deadline_s} s")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.log.close()
