@@ -351,7 +351,6 @@ class FlagSource:
 class StickyStore(Protocol):
     def get_or_set(self, key: str, value: str) -> tuple[str, bool]:
         """The value remembered under `key` (and True), or `value` now remembered (and False)."""
-        ...
 
     async def aget_or_set(self, key: str, value: str) -> tuple[str, bool]: ...
 
