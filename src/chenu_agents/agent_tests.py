@@ -301,6 +301,52 @@ def bundle_surface(bundle: str | os.PathLike[str]) -> dict[str, Any]:
     }
 
 
+def registration_facts(
+    bundle: str | os.PathLike[str],
+    *,
+    agent: str,
+    version: str,
+    signature: str | os.PathLike[str] | None = None,
+    trust_store: str | os.PathLike[str] | None = None,
+) -> dict[str, Any]:
+    """digest and key_id from the bundle's signed statement, capabilities and tools from its config.
+
+    With a trust store the statement is verified in full; without, the bundle must at least hash to
+    the digest its statement names, for the agent and version asked.
+    """
+    from .errors import StatementMismatch, TamperedBundle
+    from .signing import Statement, file_digest, signature_path_for, verify_bundle
+    from .trust import TrustStore
+
+    sig = Path(signature) if signature else signature_path_for(bundle)
+    if trust_store:
+        statement = verify_bundle(
+            bundle, TrustStore.load(trust_store), signature_path=sig, agent=agent, version=version
+        )
+    else:
+        try:
+            statement = Statement.from_dict(json.loads(sig.read_bytes())["statement"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise AgentTestError(
+                f"{sig}: no readable signed statement", [Problem(str(sig), "statement", f"a signed statement ({exc})")]
+            ) from None
+        if (statement.agent, statement.version) != (agent, version):
+            raise StatementMismatch(
+                f"{sig}: statement is for {statement.agent} {statement.version}, not {agent} {version}"
+            )
+        digest = file_digest(bundle)
+        if digest != statement.digest:
+            raise TamperedBundle(f"{bundle}: hashes to {digest}, the statement signed {statement.digest}")
+    surface = bundle_surface(bundle)
+    return {
+        "digest": statement.digest,
+        "key_id": statement.key_id,
+        "bundle": str(Path(bundle).resolve()),
+        "capabilities": surface["capabilities"],
+        "tools": surface["tools"],
+    }
+
+
 def new_surface(registry: Any, agent: str, version: str, surface: Mapping[str, Any]) -> dict[str, list[str]]:
     """Capabilities and tools of `surface` that the previous registered version of the agent did not have."""
     previous = registry.previous_version(agent, version)

@@ -125,3 +125,26 @@ def test_defaults_for_actor_and_run_id(monkeypatch):
     monkeypatch.delenv("SUDO_USER", raising=False)
     assert lifecycle.default_run_id().startswith("run-")
     assert lifecycle.default_actor()
+
+
+def test_the_module_and_its_documentation_offer_exactly_the_machine():
+    import ast
+
+    import yaml
+
+    from tests.conftest import REPO
+
+    source = (REPO / "plugins" / "modules" / "agent_lifecycle.py").read_text()
+    tree = ast.parse(source)
+    consts = {
+        t.id: ast.literal_eval(node.value)
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        for t in node.targets
+        if isinstance(t, ast.Name) and t.id in ("STATES", "ACTIONS", "DOCUMENTATION")
+    }
+    assert consts["STATES"] == list(lifecycle.states())
+    assert sorted(consts["ACTIONS"]) == sorted([*lifecycle.actions(), lifecycle.REGISTER])
+    options = yaml.safe_load(consts["DOCUMENTATION"])["options"]
+    assert options["state"]["choices"] == consts["STATES"]
+    assert options["action"]["choices"] == consts["ACTIONS"]
