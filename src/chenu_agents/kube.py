@@ -192,7 +192,7 @@ class KubernetesTraffic(TrafficBackend):
         for slot, release in releases.items():
             if not release.get("image"):
                 problems.append(Problem(self.where, f"slots.{slot}.image", "the container image of this slot"))
-        carrying = [slot for slot, (w, _) in targets.items() if w > 0]
+        carrying = [slot for slot, target in targets.items() if target[0] > 0]
         if self.routing == "ingress" and len(carrying) > 2:
             problems.append(
                 Problem(self.where, "weights", f"at most two slots with weight for routing=ingress, got {carrying}")
@@ -238,8 +238,8 @@ class KubernetesTraffic(TrafficBackend):
 
     def primary(self, targets: Mapping[str, tuple[int, str]], previous: str | None) -> str:
         """The slot the stable Service selects: the most weight; on a tie, the one it selected already."""
-        top = max(w for w, _ in targets.values())
-        tied = sorted(s for s, (w, _) in targets.items() if w == top)
+        top = max(weight for weight, _state in targets.values())
+        tied = sorted(slot for slot, target in targets.items() if target[0] == top)
         return previous if previous in tied else tied[0]
 
     def pods(self, targets: Mapping[str, tuple[int, str]]) -> dict[str, int]:
