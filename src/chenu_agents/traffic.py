@@ -225,7 +225,11 @@ class HAProxyRuntime:
         """`show servers state` as HAProxy prints it (the server-state-file format)."""
         text = self.command("show servers state" + (f" {backend}" if backend else ""))
         if text.splitlines()[:1] != ["1"]:
-            raise HAProxyError(f"show servers state: unexpected answer: {text.strip()[:200]}")
+            problems = [Problem("(task)", "haproxy_backend", f"a backend of this HAProxy, not {backend}")]
+            raise HAProxyError(
+                f"show servers state: unexpected answer: {text.strip()[:200]}",
+                problems if backend and "backend" in text.lower() else [],
+            )
         return text
 
     def stat(self) -> list[dict[str, str]]:

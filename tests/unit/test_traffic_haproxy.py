@@ -97,3 +97,9 @@ def test_drain_and_maint_then_back(proxy):
         "red": (0, "ready"),
     }
     assert proxy.count(20) == {"blue": 20}
+
+
+def test_unknown_backend_names_the_option(proxy):
+    with pytest.raises(TrafficError) as err:
+        HAProxyTraffic("be_nothing", proxy.socket).read()
+    assert [p.field for p in err.value.problems] == ["haproxy_backend"]
