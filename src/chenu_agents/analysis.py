@@ -220,7 +220,7 @@ def slot_series(prom: Prometheus, settings: Settings, slot: Slot, at: float) -> 
     out = {}
     for name, expr in (("error_rate", error_ratio), ("latency", latency)):
         result = prom.query_range(expr, start, at, settings.series_step)
-        out[name] = _finite([v for _, v in result[0][1]]) if result else []
+        out[name] = _finite([point[1] for point in result[0][1]]) if result else []
     return out
 
 

@@ -230,7 +230,7 @@ async def run(
         aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=1, force_close=False), timeout=timeout, trace_configs=[trace]
         )
-        for _ in range(config.clients)
+        for _client in range(config.clients)
     ]
     try:
         for k in range(config.warmup):
@@ -279,7 +279,7 @@ async def run(
             tally.stopped_by = "stop"
         # Stopped: no new request leaves; those in flight get `grace` seconds to answer.
         stop.set()
-        _, pending = await asyncio.wait(workers, timeout=config.grace)
+        pending = (await asyncio.wait(workers, timeout=config.grace))[1]
         for task in pending:
             task.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
@@ -291,9 +291,7 @@ async def run(
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m chenu_agents.loadgen", description=__doc__.split("\n\n")[0].strip().splitlines()[0]
-    )
+    p = argparse.ArgumentParser(prog="python -m chenu_agents.loadgen", description=__doc__.splitlines()[0])
     p.add_argument("--url", required=True, help="the task endpoint; a bare http://host:port gets /v1/tasks")
     p.add_argument("--token-file", type=Path, help="file holding the caller's bearer token")
     p.add_argument("--rate", type=float, default=10.0, help="requests per second in all (0: closed loop)")
