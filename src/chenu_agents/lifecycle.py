@@ -68,6 +68,23 @@ def allowed_actions(state: str) -> list[str]:
     return list(machine()["states"][state]["allowed_actions"])
 
 
+def markdown_tables() -> str:
+    """The states and the actions as Markdown tables: docs/lifecycle.md carries this text verbatim."""
+    spec = machine()
+    lines = ["| state | allowed actions | transitions to | visibility |", "| --- | --- | --- | --- |"]
+    for name, state in spec["states"].items():
+        lines.append(
+            f"| `{name}` | {', '.join(state['allowed_actions'])} | {', '.join(state['transitions_to'])} "
+            f"| {state['visibility']} |"
+        )
+    lines += ["", "| action | from | to | gate | what it does |", "| --- | --- | --- | --- | --- |"]
+    for name, action in {REGISTER: {"from": ["(none)"], **spec[REGISTER]}, **spec["actions"]}.items():
+        does = " ".join(action["does"].split())
+        to = action["to"] or ("(removed)" if action.get("removes") else "(same)")
+        lines.append(f"| `{name}` | {', '.join(action['from'])} | {to} | {action.get('gate', '')} | {does} |")
+    return "\n".join(lines) + "\n"
+
+
 @dataclass(frozen=True)
 class Step:
     """What a request comes to: an action, and the state before and after (None: not registered)."""

@@ -148,3 +148,13 @@ def test_the_module_and_its_documentation_offer_exactly_the_machine():
     options = yaml.safe_load(consts["DOCUMENTATION"])["options"]
     assert options["state"]["choices"] == consts["STATES"]
     assert options["action"]["choices"] == consts["ACTIONS"]
+
+
+def test_the_documentation_carries_the_generated_tables():
+    from tests.conftest import REPO
+
+    text = (REPO / "docs" / "lifecycle.md").read_text(encoding="utf-8")
+    start = text.index("<!-- generated: chenu_agents.lifecycle.markdown_tables() -->\n") + len(
+        "<!-- generated: chenu_agents.lifecycle.markdown_tables() -->\n"
+    )
+    assert text[start : text.index("<!-- end generated -->")] == lifecycle.markdown_tables()
