@@ -24,10 +24,7 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
-
-import aiohttp
 
 from chenu_agents import bundle, loadgen
 from chenu_agents.files import write_if_changed
@@ -84,20 +81,6 @@ def prepare(work: Path, agent: str, sandbox_mode: str) -> Path:
     return settings
 
 
-async def wait_ready(url: str, deadline_s: float = 30) -> None:
-    end = time.monotonic() + deadline_s
-    async with aiohttp.ClientSession() as session:
-        while time.monotonic() < end:
-            try:
-                async with session.get(f"{url}/health/ready") as r:
-                    if r.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-    raise RuntimeError(f"{url} not ready within {deadline_s} s")
-
-
 def ms(summary: dict, q: str) -> float:
     value = summary[f"latency_{q}"]
     return float("nan") if value is None else value * 1000
@@ -122,7 +105,7 @@ async def run_deployed(args: argparse.Namespace) -> None:
     token = Path(args.token_file).read_text().strip()
     rows = {}
     for name, url in (("direct", args.direct), ("haproxy", args.through)):
-        await wait_ready(url)
+        await loadgen.wait_ready(url)
         rows[name] = await fixed_rate(url, args.rate, args.seconds, args.clients, token)
     print(f"deployed slot, /v1/tasks at {args.rate:g} req/s for {args.seconds:g} s, input {args.input!r}")
     print(f"{'':<10}{'p50 ms':>9}{'p95 ms':>9}{'p99 ms':>9}{'req/s':>9}{'errors':>8}")
@@ -169,8 +152,8 @@ async def run(args: argparse.Namespace) -> None:
             ),
         }
         try:
-            await wait_ready(bare_url)
-            await wait_ready(ours_url)
+            await loadgen.wait_ready(bare_url)
+            await loadgen.wait_ready(ours_url)
             results = {}
             for name, url in (("bare", bare_url), ("ours", ours_url)):
                 results[name] = await fixed_rate(url, args.rate, args.seconds, args.clients)

@@ -201,6 +201,19 @@ async def _one(session: aiohttp.ClientSession, config: LoadConfig, client: int, 
         tally.record(outcome, now - started, now)
 
 
+async def wait_ready(url: str, path: str = "/health/ready", deadline_s: float = 30) -> None:
+    """Until `url` + `path` answers 200 (a slot or a frontend ready to take the load)."""
+    end = time.monotonic() + deadline_s
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as session:
+        while time.monotonic() < end:
+            with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                async with session.get(f"{url.rstrip('/')}{path}") as r:
+                    if r.status == 200:
+                        return
+            await asyncio.sleep(0.1)
+    raise TimeoutError(f"{url}{path} not ready within {deadline_s} s")
+
+
 def _progress_line(tally: Tally, now: float) -> str:
     elapsed = now - tally.t0
     p95 = percentile(tally.latencies[-5000:], 0.95)

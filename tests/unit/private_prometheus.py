@@ -125,29 +125,29 @@ class PrivatePrometheus:
         )
         self._wait_ready()
 
-    def _wait_ready(self, deadline_s: float = 30) -> None:
+    def _poll(self, ready, what: str, deadline_s: float) -> None:
         end = time.monotonic() + deadline_s
         while time.monotonic() < end:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"prometheus exited: {(self.work / 'prometheus.log').read_text()[-2000:]}")
-            with contextlib.suppress(requests.RequestException):
-                if requests.get(f"{self.url}/-/ready", timeout=1).status_code == 200:
+            with contextlib.suppress(requests.RequestException, KeyError, IndexError, ValueError):
+                if ready():
                     return
             time.sleep(0.2)
-        raise RuntimeError(f"prometheus not ready within {deadline_s} s")
+        raise RuntimeError(f"prometheus: {what} within {deadline_s} s")
+
+    def _wait_ready(self, deadline_s: float = 30) -> None:
+        self._poll(lambda: requests.get(f"{self.url}/-/ready", timeout=1).status_code == 200, "not ready", deadline_s)
 
     def wait_for_scrapes(self, count: int, deadline_s: float = 60) -> None:
         """Until every target has been scraped `count` times: a full window of data behind each query."""
-        end = time.monotonic() + deadline_s
-        while time.monotonic() < end:
-            with contextlib.suppress(requests.RequestException, KeyError, IndexError, ValueError):
-                body = requests.get(
-                    f"{self.url}/api/v1/query", params={"query": f"min(count_over_time(up[{count + 5}s]))"}, timeout=2
-                ).json()
-                if float(body["data"]["result"][0]["value"][1]) >= count:
-                    return
-            time.sleep(0.5)
-        raise RuntimeError(f"prometheus did not scrape {count} times within {deadline_s} s")
+        query = {"query": f"min(count_over_time(up[{count + 5}s]))"}
+
+        def scraped() -> bool:
+            body = requests.get(f"{self.url}/api/v1/query", params=query, timeout=2).json()
+            return float(body["data"]["result"][0]["value"][1]) >= count
+
+        self._poll(scraped, f"fewer than {count} scrapes", deadline_s)
 
     def stop(self) -> None:
         if self.proc.poll() is None:

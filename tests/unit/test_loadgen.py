@@ -51,10 +51,14 @@ class Server:
             return web.json_response({"error": "paused", "state": "paused"}, status=503)
         return web.json_response({"output": "ok"})
 
+    async def ready_check(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ready"})
+
     def _serve(self):
         asyncio.set_event_loop(self.loop)
         app = web.Application()
         app.router.add_post("/v1/tasks", self.task)
+        app.router.add_get("/health/ready", self.ready_check)
         self.runner = web.AppRunner(app, access_log=None)
         self.loop.run_until_complete(self.runner.setup())
         self.loop.run_until_complete(web.TCPSite(self.runner, "127.0.0.1", self.port).start())
@@ -182,3 +186,9 @@ def test_config_validation(kw, message):
 def test_url_gets_the_task_path():
     assert loadgen.LoadConfig(url="http://h:1").url == "http://h:1/v1/tasks"
     assert loadgen.LoadConfig(url="http://h:1/other").url == "http://h:1/other"
+
+
+def test_wait_ready(server):
+    asyncio.run(loadgen.wait_ready(server.url, deadline_s=2))
+    with pytest.raises(TimeoutError, match="not ready"):
+        asyncio.run(loadgen.wait_ready(server.url, path="/nowhere", deadline_s=0.5))
