@@ -40,6 +40,7 @@ from chenu_agents import bundle  # noqa: E402
 from chenu_agents.files import write_if_changed  # noqa: E402
 from chenu_agents.flags import set_stage  # noqa: E402
 from chenu_agents.keystore import FileKeyStore  # noqa: E402
+from chenu_agents.loadgen import wait_ready  # noqa: E402
 from chenu_agents.runtime import hash_token  # noqa: E402
 from chenu_agents.signing import sign_bundle  # noqa: E402
 
@@ -101,20 +102,6 @@ def start(work: Path, name: str, bundle_path: Path, env: dict, **settings) -> tu
         stderr=subprocess.DEVNULL,
     )
     return proc, f"http://127.0.0.1:{port}"
-
-
-async def wait_up(url: str, deadline_s: float = 60) -> None:
-    end = time.monotonic() + deadline_s
-    async with aiohttp.ClientSession() as http:
-        while time.monotonic() < end:
-            try:
-                async with http.get(f"{url}/health/live") as r:
-                    if r.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-    raise RuntimeError(f"{url} did not start")
 
 
 async def run_requests(http: aiohttp.ClientSession, url: str, n: int, tag: str) -> tuple[list[float], dict]:
@@ -198,7 +185,7 @@ async def main_async(args: argparse.Namespace) -> dict:
             proc, urls[name] = start(work, name, stable, env, **settings)
             procs.append(proc)
         for url in [variant_url, *urls.values()]:
-            await wait_up(url)
+            await wait_ready(url, path="/health/live", deadline_s=60)
         latencies: dict[str, list[float]] = {name: [] for name in urls}
         routes: dict[str, dict] = {name: {} for name in urls}
         connector = aiohttp.TCPConnector(limit=4, keepalive_timeout=60)

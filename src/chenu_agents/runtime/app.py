@@ -134,6 +134,10 @@ class Runtime:
         if old is not None:
             self.metrics.info.remove(*self.labels(old), old.digest)
         self.metrics.info.labels(*self.labels(new), new.digest).set(1)
+        # The version's success and error series exist from its first scrape, at 0: a rollout analysis
+        # then sees its first errors as an increase, one scrape sooner than a series that appears.
+        for code in ("200", "500", "503"):
+            self.metrics.requests.labels(*self.labels(new), code)
 
     def authorize(self, request: web.Request, role: str) -> Principal:
         header = request.headers.get("Authorization", "")
