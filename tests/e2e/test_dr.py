@@ -1,0 +1,307 @@
+"""Disaster-recovery drills (seed 000 §7.2): each breaks something for real, runs its dr_*.yml playbook,
+checks recovery and integrity, and prints the RTO and RPO it measured against the seed's 4 h and 1 h.
+
+The shared stack is left alone: each drill builds PostgreSQL clusters of its own (start.conf manual, so
+the postgresql service never touches them) on ports 5434 and up, and its own HAProxy on a free port, and
+removes them afterwards. CHENU_DR_RESULTS=<file.json> collects the measured figures (bench/dr.py).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests.e2e.ansible_run import local_secret, run_playbook
+
+pytestmark = pytest.mark.e2e
+
+VERSION = "15"
+RTO_OBJECTIVE = 4 * 3600  # seed 000 §7.2
+RPO_OBJECTIVE = 3600
+PRIMARY = {"cluster": "drill_primary", "port": 5434}
+REPLICA = {"cluster": "drill_replica", "port": 5435}
+SAMPLE_ROWS = 20_000
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _record(scenario: str, figures: dict) -> None:
+    """Print the figures; add them to CHENU_DR_RESULTS when set."""
+    print(
+        f"\nDR {scenario}: RTO {figures['rto_seconds']:.1f} s (objective {RTO_OBJECTIVE} s), "
+        f"RPO {figures['rpo_seconds']:.3f} s (objective {RPO_OBJECTIVE} s), drill {figures['drill_seconds']:.0f} s"
+    )
+    target = os.environ.get("CHENU_DR_RESULTS")
+    if target:
+        path = Path(target)
+        results = json.loads(path.read_text()) if path.exists() else {}
+        results[scenario] = figures
+        path.write_text(json.dumps(results, indent=2, sort_keys=True))
+
+
+def _playbook(name: str, tmp_path: Path, extra: dict, timeout: int = 600):
+    extra_file = tmp_path / f"{name}-{time.monotonic_ns()}.json"
+    extra_file.write_text(json.dumps(extra))
+    run = run_playbook(f"playbooks/{name}.yml", "-e", f"@{extra_file}", timeout=timeout)
+    assert run.returncode == 0, f"{name}.yml failed (rc={run.returncode}):\n{run.tail()}"
+    return run
+
+
+def _psql(port: int, sql: str, dbname: str = "postgres") -> str:
+    done = subprocess.run(
+        ["psql", "-h", "/var/run/postgresql", "-p", str(port), "-U", "postgres", "-d", dbname, "-XAtc", sql],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout.strip()
+
+
+def _drop_cluster(name: str) -> None:
+    subprocess.run(["pg_dropcluster", "--stop", VERSION, name], capture_output=True, check=False)
+
+
+@dataclass
+class Endpoint:
+    """A private HAProxy with the listen section roles/load_balancer renders for load_balancer_postgresql."""
+
+    directory: Path
+    port: int = field(default_factory=_free_port)
+    process: subprocess.Popen | None = None
+
+    @property
+    def socket(self) -> str:
+        return str(self.directory / "admin.sock")
+
+    def vars(self) -> dict:
+        return {"socket": self.socket, "backend": "pg_primary", "host": "127.0.0.1", "port": self.port}
+
+    def start(self, primary: dict, replica: dict) -> None:
+        config = self.directory / "haproxy.cfg"
+        config.write_text(
+            f"""global
+    stats socket {self.socket} mode 600 level admin
+defaults
+    mode tcp
+    timeout connect 2s
+    timeout client 1h
+    timeout server 1h
+listen pg_primary
+    bind 127.0.0.1:{self.port}
+    default-server inter 1s fall 2 rise 2 on-marked-down shutdown-sessions
+    server {primary["cluster"]} 127.0.0.1:{primary["port"]} check
+    server {replica["cluster"]} 127.0.0.1:{replica["port"]} check disabled
+"""
+        )
+        self.process = subprocess.Popen(["haproxy", "-db", "-f", str(config)], stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while not Path(self.socket).exists():
+            assert time.monotonic() < deadline, "the drill's HAProxy did not start"
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.process:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+
+class Heartbeat(threading.Thread):
+    """Writes a row every 100 ms through the endpoint; remembers which commits the server acknowledged."""
+
+    def __init__(self, dsn: str) -> None:
+        super().__init__(daemon=True)
+        self.dsn = dsn
+        self.acked: list[tuple[int, float]] = []
+        self.failures: list[float] = []
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        connection = None
+        while not self.halt.is_set():
+            try:
+                if connection is None:
+                    connection = psycopg.connect(self.dsn, autocommit=True, connect_timeout=1)
+                at = time.time()
+                row = connection.execute(
+                    "INSERT INTO dr_heartbeat (client_at) VALUES (%s) RETURNING id", (at,)
+                ).fetchone()
+                self.acked.append((row[0], at))
+            except psycopg.Error:
+                self.failures.append(time.time())
+                if connection is not None:
+                    connection.close()
+                connection = None
+            self.halt.wait(0.1)
+        if connection is not None:
+            connection.close()
+
+    def first_ack_after(self, moment: float) -> float | None:
+        return next((at for _, at in self.acked if at > moment), None)
+
+    def stop(self) -> None:
+        self.halt.set()
+        self.join(timeout=10)
+
+
+def _registry_dsn(port: int) -> str:
+    return f"host=127.0.0.1 port={port} dbname=registry user=registry password={local_secret('postgresql_registry')}"
+
+
+def _lost(heartbeat: Heartbeat, port: int, until: float) -> tuple[int, float]:
+    """Heartbeats acknowledged before `until` but missing on the cluster at `port`, and their time span."""
+    present = {int(x) for x in _psql(port, "SELECT id FROM dr_heartbeat", "registry").split()}
+    acked = [(i, at) for i, at in heartbeat.acked if at < until]
+    missing = [at for i, at in acked if i not in present]
+    if not missing:
+        return 0, 0.0
+    kept = [at for i, at in acked if i in present]
+    return len(missing), max(missing) - (max(kept) if kept else min(missing))
+
+
+@pytest.fixture
+def drill_pair(tmp_path):
+    """drill_primary (5434) streaming to drill_replica (5435), built by roles/postgresql, behind a private HAProxy."""
+    replication_password = secrets.token_hex(16)
+    playbook = tmp_path / "drill_clusters.yml"
+    playbook.write_text(
+        json.dumps(
+            [
+                {
+                    "name": "Drill clusters",
+                    "hosts": "postgresql",
+                    "gather_facts": True,
+                    "gather_subset": ["min"],
+                    "roles": [
+                        {
+                            "role": "chenu.agents.postgresql",
+                            "vars": {
+                                "postgresql_cluster_name": PRIMARY["cluster"],
+                                "postgresql_port": PRIMARY["port"],
+                                "postgresql_start_conf": "manual",
+                                "postgresql_replication_password": replication_password,
+                                "postgresql_replicas": [{"name": REPLICA["cluster"], "port": REPLICA["port"]}],
+                            },
+                        }
+                    ],
+                }
+            ]
+        )
+    )
+    endpoint = Endpoint(tmp_path)
+    try:
+        run = run_playbook(str(playbook), "--skip-tags", "postgresql_install", timeout=600)
+        assert run.returncode == 0, f"drill clusters: rc={run.returncode}\n{run.tail()}"
+        endpoint.start(PRIMARY, REPLICA)
+        yield endpoint, replication_password
+    finally:
+        endpoint.stop()
+        _drop_cluster(REPLICA["cluster"])
+        _drop_cluster(PRIMARY["cluster"])
+
+
+def test_database_failover(drill_pair, tmp_path):
+    endpoint, replication_password = drill_pair
+    started = time.monotonic()
+    with psycopg.connect(_registry_dsn(endpoint.port), autocommit=True) as connection:
+        connection.execute(
+            "CREATE TABLE dr_heartbeat (id bigserial PRIMARY KEY, client_at double precision NOT NULL,"
+            " at timestamptz NOT NULL DEFAULT clock_timestamp())"
+        )
+        connection.execute(
+            "CREATE TABLE dr_sample AS SELECT i AS id, md5(i::text) AS payload FROM generate_series(1, %s) i",
+            (SAMPLE_ROWS,),
+        )
+    heartbeat = Heartbeat(_registry_dsn(endpoint.port))
+    heartbeat.start()
+    common = {"dr_endpoint": endpoint.vars(), "dr_replication_password": replication_password}
+    try:
+        time.sleep(2)
+        # The failure: the primary crashes (no shutdown checkpoint, no last WAL sent on purpose).
+        failed_at = time.time()
+        subprocess.run(["pg_ctlcluster", VERSION, PRIMARY["cluster"], "stop", "-m", "immediate"], check=True)
+        report_file = tmp_path / "failover.json"
+        _playbook(
+            "dr_database_failover",
+            tmp_path,
+            {
+                **common,
+                "dr_primary": PRIMARY,
+                "dr_replica": REPLICA,
+                "dr_failed_at": failed_at,
+                "dr_report_file": str(report_file),
+            },
+        )
+        back = None
+        deadline = time.monotonic() + 15
+        while back is None and time.monotonic() < deadline:
+            back = heartbeat.first_ack_after(failed_at)
+            time.sleep(0.2)
+    finally:
+        heartbeat.stop()
+    report = json.loads(report_file.read_text())
+    assert back is not None, "no heartbeat went through the endpoint after the failover"
+    lost, lost_span = _lost(heartbeat, REPLICA["port"], failed_at)
+    client_rto = back - failed_at
+
+    # Recovery, integrity, objectives.
+    assert _psql(REPLICA["port"], "SELECT pg_is_in_recovery()") == "f"
+    assert _psql(REPLICA["port"], "SELECT count(*) FROM dr_sample", "registry") == str(SAMPLE_ROWS)
+    assert report["integrity"]["registry"], "the playbook compared no table"
+    assert report["rto_seconds"] <= RTO_OBJECTIVE and client_rto <= RTO_OBJECTIVE
+    assert report["rpo_seconds"] is not None and report["rpo_seconds"] <= RPO_OBJECTIVE
+    assert lost_span <= RPO_OBJECTIVE
+
+    # The old primary comes back as the replica; then a planned switchover and a second rebuild
+    # return the drill to its original topology, losing nothing.
+    _playbook(
+        "dr_reinstate",
+        tmp_path,
+        {**common, "dr_primary": PRIMARY, "dr_replica": REPLICA, "dr_reinstate_start_conf": "manual"},
+    )
+    assert _psql(PRIMARY["port"], "SELECT pg_is_in_recovery()") == "t"
+    switch_file = tmp_path / "switchover.json"
+    _playbook(
+        "dr_database_failover",
+        tmp_path,
+        {**common, "dr_primary": REPLICA, "dr_replica": PRIMARY, "dr_force": True, "dr_report_file": str(switch_file)},
+    )
+    switchover = json.loads(switch_file.read_text())
+    assert switchover["rpo_seconds"] == 0 and switchover["rpo_wal_bytes"] == 0
+    _playbook(
+        "dr_reinstate",
+        tmp_path,
+        {**common, "dr_primary": REPLICA, "dr_replica": PRIMARY, "dr_reinstate_start_conf": "manual"},
+    )
+    assert _psql(PRIMARY["port"], "SELECT pg_is_in_recovery()") == "f"
+    assert _psql(REPLICA["port"], "SELECT pg_is_in_recovery()") == "t"
+    with psycopg.connect(_registry_dsn(endpoint.port), autocommit=True) as connection:
+        assert connection.execute("SELECT current_setting('port')").fetchone()[0] == str(PRIMARY["port"])
+
+    _record(
+        "database_failover",
+        {
+            "rto_seconds": report["rto_seconds"],
+            "rpo_seconds": report["rpo_seconds"],
+            "rpo_wal_bytes": report["rpo_wal_bytes"],
+            "client_rto_seconds": client_rto,
+            "lost_heartbeats": lost,
+            "lost_heartbeat_span_seconds": lost_span,
+            "switchover_rto_seconds": switchover["rto_seconds"],
+            "switchover_rpo_seconds": switchover["rpo_seconds"],
+            "drill_seconds": time.monotonic() - started,
+        },
+    )
