@@ -236,8 +236,26 @@ from ansible_collections.chenu.agents.plugins.module_utils.registry import (
 )
 
 STATES = ["draft", "testing", "staged", "active", "paused", "deprecated", "archived"]
-ACTIONS = ["register", "validate", "reject", "approve", "rollback_to_testing", "deploy", "pause", "resume",
-           "deprecate", "restore", "archive", "clone", "edit", "test", "delete", "hotfix", "scale", "delete_permanent"]  # fmt: skip
+ACTIONS = [
+    "register",
+    "validate",
+    "reject",
+    "approve",
+    "rollback_to_testing",
+    "deploy",
+    "pause",
+    "resume",
+    "deprecate",
+    "restore",
+    "archive",
+    "clone",
+    "edit",
+    "test",
+    "delete",
+    "hotfix",
+    "scale",
+    "delete_permanent",
+]
 
 
 def build_request(p):
@@ -247,9 +265,12 @@ def build_request(p):
     facts = {"digest": p["digest"], "key_id": p["key_id"], "bundle": None, "capabilities": None, "tools": None}
     if p["bundle"]:
         read = registration_facts(
-            p["bundle"], agent=p["agent"], version=p["new_version"] or p["version"],
-            signature=p["signature"], trust_store=p["trust_store"],
-        )  # fmt: skip
+            p["bundle"],
+            agent=p["agent"],
+            version=p["new_version"] or p["version"],
+            signature=p["signature"],
+            trust_store=p["trust_store"],
+        )
         for key in ("digest", "key_id"):
             if p[key] and p[key] != read[key]:
                 from chenu_agents.errors import LifecycleError, Problem
@@ -260,10 +281,19 @@ def build_request(p):
                 )
         facts = read
     return Request(
-        p["agent"], p["version"], action=p["action"], target=p["state"], reason=p["reason"], actor=p["actor"],
-        run_id=p["run_id"], new_version=p["new_version"], approved_capabilities=p["approved_capabilities"],
-        approved_tools=p["approved_tools"], details=p["details"], **facts,
-    )  # fmt: skip
+        p["agent"],
+        p["version"],
+        action=p["action"],
+        target=p["state"],
+        reason=p["reason"],
+        actor=p["actor"],
+        run_id=p["run_id"],
+        new_version=p["new_version"],
+        approved_capabilities=p["approved_capabilities"],
+        approved_tools=p["approved_tools"],
+        details=p["details"],
+        **facts,
+    )
 
 
 def ensure(module):
@@ -281,9 +311,11 @@ def ensure(module):
     if module._diff:
         header = f"{outcome.agent} {outcome.version}"
         result["diff"] = dict(
-            before_header=header, after_header=header,
-            before={"state": outcome.previous_state}, after={"state": outcome.state},
-        )  # fmt: skip
+            before_header=header,
+            after_header=header,
+            before={"state": outcome.previous_state},
+            after={"state": outcome.state},
+        )
     return result
 
 

@@ -117,8 +117,15 @@ def free_port() -> int:
 class SandboxRuntime:
     """`python -m chenu_agents.runtime` serving one signed bundle on loopback, scripted provider only."""
 
-    def __init__(self, bundle: str | os.PathLike[str], trust_store: str | os.PathLike[str], *, agent: str,
-                 signature: str | os.PathLike[str] | None = None, timeout: float = START_TIMEOUT_S):  # fmt: skip
+    def __init__(
+        self,
+        bundle: str | os.PathLike[str],
+        trust_store: str | os.PathLike[str],
+        *,
+        agent: str,
+        signature: str | os.PathLike[str] | None = None,
+        timeout: float = START_TIMEOUT_S,
+    ):
         self.bundle, self.trust_store, self.agent = Path(bundle), Path(trust_store), agent
         self.signature = Path(signature) if signature else None
         self.timeout = timeout
@@ -133,8 +140,9 @@ class SandboxRuntime:
 
         self.tmp = tempfile.TemporaryDirectory(prefix="chenu-gate-")
         tmp = Path(self.tmp.name)
-        (tmp / "tokens.json").write_text(json.dumps({"tokens": [{"name": "gate", "role": "caller",
-                                                                   "sha256": hash_token(self.token)}]}))  # fmt: skip
+        (tmp / "tokens.json").write_text(
+            json.dumps({"tokens": [{"name": "gate", "role": "caller", "sha256": hash_token(self.token)}]})
+        )
         for attempt in range(3):
             port = free_port()
             settings = {
@@ -157,8 +165,11 @@ class SandboxRuntime:
             self.log = open(tmp / f"runtime-{attempt}.log", "w+b")  # closed in __exit__
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "chenu_agents.runtime", "--config", str(tmp / "runtime.json")],
-                stdout=self.log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-            )  # fmt: skip
+                stdout=self.log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
             self.url = f"http://127.0.0.1:{port}"
             if self._wait_ready():
                 return self
@@ -193,9 +204,11 @@ class SandboxRuntime:
         import requests
 
         answer = requests.post(
-            f"{self.url}/v1/tasks", json={"input": text}, headers={"Authorization": f"Bearer {self.token}"},
+            f"{self.url}/v1/tasks",
+            json={"input": text},
+            headers={"Authorization": f"Bearer {self.token}"},
             timeout=timeout,
-        )  # fmt: skip
+        )
         try:
             return answer.status_code, answer.json()
         except ValueError:
@@ -253,12 +266,20 @@ def run(
             reply = answer.get("output") if status == 200 else answer.get("error", "")
             called = [c["name"] for c in answer.get("tool_calls", [])]
             problems = judge(case, str(reply or ""), called, ok=status == 200, constraints=constraints)
-            results.append({
-                "test": case["path"], "kind": case["kind"], "scenario": case["scenario"],
-                "category": case.get("category", "integration" if case["kind"] == "integration" else "unknown"),
-                "input": case["when"]["input"], "passed": not problems, "problems": problems,
-                "http_status": status, "tools_called": called, "duration_ms": round((time.monotonic() - t0) * 1000, 1),
-            })  # fmt: skip
+            results.append(
+                {
+                    "test": case["path"],
+                    "kind": case["kind"],
+                    "scenario": case["scenario"],
+                    "category": case.get("category", "integration" if case["kind"] == "integration" else "unknown"),
+                    "input": case["when"]["input"],
+                    "passed": not problems,
+                    "problems": problems,
+                    "http_status": status,
+                    "tools_called": called,
+                    "duration_ms": round((time.monotonic() - t0) * 1000, 1),
+                }
+            )
         served = {k: runtime.ready.get(k) for k in ("agent", "version")}
     failed = [r for r in results if not r["passed"]]
     by_category: dict[str, dict[str, int]] = {}
@@ -383,12 +404,21 @@ def gates(
             problems.append({"field": "trust_store", "expected": "the trust store the bundle must verify against"})
         else:
             try:
-                statement = verify_bundle(bundle, TrustStore.load(trust_store), signature_path=signature,
-                                          agent=request.agent, version=request.version)  # fmt: skip
+                statement = verify_bundle(
+                    bundle,
+                    TrustStore.load(trust_store),
+                    signature_path=signature,
+                    agent=request.agent,
+                    version=request.version,
+                )
                 report["verified"] = {"digest": statement.digest, "key_id": statement.key_id}
                 if statement.digest != record.digest:
-                    problems.append({"field": "digest",
-                                     "expected": f"the registered {record.digest}, the bundle is {statement.digest}"})  # fmt: skip
+                    problems.append(
+                        {
+                            "field": "digest",
+                            "expected": f"the registered {record.digest}, the bundle is {statement.digest}",
+                        }
+                    )
             except (VerificationError, OSError) as exc:
                 problems.append(
                     {"field": "bundle", "expected": f"a bundle that verifies ({type(exc).__name__}: {exc})"}
@@ -401,8 +431,12 @@ def gates(
             for key, names in new.items():
                 missing = [n for n in names if n not in approved[key]]
                 if missing:
-                    problems.append({"field": f"approved_{key}",
-                                     "expected": f"an explicit approval of the new {key} {', '.join(missing)}"})  # fmt: skip
+                    problems.append(
+                        {
+                            "field": f"approved_{key}",
+                            "expected": f"an explicit approval of the new {key} {', '.join(missing)}",
+                        }
+                    )
         if not problems and run_tests:
             if check_mode:
                 report["tests"] = "not run in check mode"

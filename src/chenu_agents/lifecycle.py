@@ -288,9 +288,15 @@ def apply(
             if not raced:
                 tx.insert_version(request.version, state="draft", **_facts(request))
                 audit_id = tx.audit(
-                    actor, request.version, REGISTER, None, "draft", request.reason, run_id,
+                    actor,
+                    request.version,
+                    REGISTER,
+                    None,
+                    "draft",
+                    request.reason,
+                    run_id,
                     {**request.details, **_facts(request)},
-                )  # fmt: skip
+                )
         if raced:
             return apply(registry, request, gates=gates, check_mode=check_mode)
         return Outcome(request.agent, request.version, None, "draft", step.transition(), REGISTER, True, audit_id)
@@ -315,10 +321,15 @@ def apply(
     if gate_report is not None:
         details["gate"] = gate_report
     outcome = Outcome(
-        request.agent, request.version, step.from_state,
+        request.agent,
+        request.version,
+        step.from_state,
         None if spec.get("removes") else step.to_state,
-        step.transition(), step.action, changed, gate=gate_report,
-    )  # fmt: skip
+        step.transition(),
+        step.action,
+        changed,
+        gate=gate_report,
+    )
     if check_mode or (not changed and step.action != "test"):
         return outcome
     with registry.locked(request.agent) as tx:
@@ -379,9 +390,16 @@ def _make_new_version(
             and origin.details.get("source_version") == request.version
         ):
             return Outcome(
-                request.agent, new_version, existing.state, existing.state, None, step.action, False,
-                last.id if last else None, source_version=request.version,
-            )  # fmt: skip
+                request.agent,
+                new_version,
+                existing.state,
+                existing.state,
+                None,
+                step.action,
+                False,
+                last.id if last else None,
+                source_version=request.version,
+            )
         raise LifecycleError(
             f"{request.agent} {new_version} is already registered ({existing.state}), not as a "
             f"{step.action} of {request.version}",

@@ -277,10 +277,16 @@ class Transaction:
             "INSERT INTO versions (agent, version, digest, key_id, bundle, capabilities, tools, state)"
             " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
             (
-                self.agent, version, digest, facts.get("key_id"), facts.get("bundle"),
-                _json(Jsonb, facts.get("capabilities")), _json(Jsonb, facts.get("tools")), state,
+                self.agent,
+                version,
+                digest,
+                facts.get("key_id"),
+                facts.get("bundle"),
+                _json(Jsonb, facts.get("capabilities")),
+                _json(Jsonb, facts.get("tools")),
+                state,
             ),
-        )  # fmt: skip
+        )
 
     def update_facts(self, version: str, **facts: Any) -> None:
         from psycopg.types.json import Jsonb

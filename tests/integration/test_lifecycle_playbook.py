@@ -24,8 +24,15 @@ pytestmark = [pytest.mark.integration, pytest.mark.skipif(REASON is not None, re
 
 def lifecycle(extra: dict, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"}
-    cmd = [str(Path(sys.executable).with_name("ansible-playbook")), "-i", str(REPO / "inventories" / "local"),
-           str(REPO / "playbooks" / "lifecycle.yml"), "-e", json.dumps(extra), *args]  # fmt: skip
+    cmd = [
+        str(Path(sys.executable).with_name("ansible-playbook")),
+        "-i",
+        str(REPO / "inventories" / "local"),
+        str(REPO / "playbooks" / "lifecycle.yml"),
+        "-e",
+        json.dumps(extra),
+        *args,
+    ]
     run = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     run.stdout = " ".join(run.stdout.split())  # the YAML callback wraps long lines
     return run

@@ -102,13 +102,21 @@ def test_a_refused_bundle_is_an_error_naming_the_runtime(world, tmp_path):
 
 def test_judge_is_the_one_evaluator():
     case = {"then": {"contains": ["RBQ"], "not_contains": ["admin"], "tools_called": []}}
-    assert agent_tests.judge(case, "RBQ pas de conseil juridique consultant un avocat", [],
-                             constraints=["must_include_disclaimer"]) == []  # fmt: skip
+    assert (
+        agent_tests.judge(
+            case, "RBQ pas de conseil juridique consultant un avocat", [], constraints=["must_include_disclaimer"]
+        )
+        == []
+    )
     problems = agent_tests.judge(case, "admin", ["x"], ok=False, constraints=["must_include_disclaimer"])
     assert [p.split(" in reply")[0] for p in problems] == [
-        "status error, expected 'ok'", "missing 'RBQ'", "forbidden 'admin'", "no tool expected, called ['x']",
-        "disclaimer lacks 'pas de conseil juridique'", "disclaimer lacks 'consultant un avocat'",
-    ]  # fmt: skip
+        "status error, expected 'ok'",
+        "missing 'RBQ'",
+        "forbidden 'admin'",
+        "no tool expected, called ['x']",
+        "disclaimer lacks 'pas de conseil juridique'",
+        "disclaimer lacks 'consultant un avocat'",
+    ]
 
 
 REASON = unavailable()
@@ -126,8 +134,19 @@ def _register(reg, path: Path, version: str):
     from chenu_agents.signing import file_digest
 
     surface = agent_tests.bundle_surface(path)
-    return apply(reg, Request("legal_info", version, target="draft", digest=file_digest(path), bundle=str(path),
-                              capabilities=surface["capabilities"], tools=surface["tools"], actor="tests"))  # fmt: skip
+    return apply(
+        reg,
+        Request(
+            "legal_info",
+            version,
+            target="draft",
+            digest=file_digest(path),
+            bundle=str(path),
+            capabilities=surface["capabilities"],
+            tools=surface["tools"],
+            actor="tests",
+        ),
+    )
 
 
 def test_gates_through_the_registry(world, settings):
@@ -142,20 +161,42 @@ def test_gates_through_the_registry(world, settings):
             apply(reg, Request("legal_info", "1.2.0", action="approve"), gates=gates)
         assert "approved_capabilities" in str(err.value) and "legal_deadline_calculation" in str(err.value)
         surface = agent_tests.bundle_surface(world["good"])
-        approved = apply(reg, Request("legal_info", "1.2.0", action="approve", approved_capabilities=surface["capabilities"],
-                                      approved_tools=surface["tools"]), gates=gates)  # fmt: skip
+        approved = apply(
+            reg,
+            Request(
+                "legal_info",
+                "1.2.0",
+                action="approve",
+                approved_capabilities=surface["capabilities"],
+                approved_tools=surface["tools"],
+            ),
+            gates=gates,
+        )
         assert approved.state == "staged"
 
         # 1.3.0 adds a capability and a tool: refused naming them until approved.
         _register(reg, world["wider"], "1.3.0")
         apply(reg, Request("legal_info", "1.3.0", action="validate"), gates=gates)
         with pytest.raises(LifecycleError) as err:
-            apply(reg, Request("legal_info", "1.3.0", action="approve", approved_capabilities=["contract_drafting"]),
-                  gates=gates)  # fmt: skip
+            apply(
+                reg,
+                Request("legal_info", "1.3.0", action="approve", approved_capabilities=["contract_drafting"]),
+                gates=gates,
+            )
         assert "lookup_legal_topic_v2" in str(err.value) and "contract_drafting" not in str(err.value)
         assert reg.version("legal_info", "1.3.0").state == "testing"
-        ok = apply(reg, Request("legal_info", "1.3.0", action="approve", approved_capabilities=["contract_drafting"],
-                                approved_tools=["lookup_legal_topic_v2"]), gates=gates, check_mode=True)  # fmt: skip
+        ok = apply(
+            reg,
+            Request(
+                "legal_info",
+                "1.3.0",
+                action="approve",
+                approved_capabilities=["contract_drafting"],
+                approved_tools=["lookup_legal_topic_v2"],
+            ),
+            gates=gates,
+            check_mode=True,
+        )
         assert ok.changed and ok.gate["tests"] == "not run in check mode"
 
         # 1.2.1 drops the disclaimer: validate records the failing report, approve refuses naming the scenario.

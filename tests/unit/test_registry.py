@@ -61,8 +61,7 @@ def test_a_changed_migration_is_refused(settings):
             with pytest.raises(RegistryError, match=r"0001_registry\.sql was applied with another content"):
                 reg.migrate()
         finally:
-            reg.conn.execute("UPDATE schema_migrations SET checksum = %s WHERE version = 1",
-                             (lifecycle_checksum(),))  # fmt: skip
+            reg.conn.execute("UPDATE schema_migrations SET checksum = %s WHERE version = 1", (lifecycle_checksum(),))
 
 
 def lifecycle_checksum() -> str:
@@ -88,10 +87,29 @@ def test_the_audit_trail_refuses_update_delete_and_truncate(registry):
 
 def test_a_version_through_its_whole_life(registry):
     assert register(registry, "walker", "1.0.0", reason="first")["transition"] == {
-        "action": "register", "from": None, "to": "draft",
-    }  # fmt: skip
-    outs = go(registry, "walker", "1.0.0", "validate", "reject", "validate", "approve", "rollback_to_testing",
-              "approve", "deploy", "pause", "resume", "pause", "deprecate", "restore", "deprecate", "archive")  # fmt: skip
+        "action": "register",
+        "from": None,
+        "to": "draft",
+    }
+    outs = go(
+        registry,
+        "walker",
+        "1.0.0",
+        "validate",
+        "reject",
+        "validate",
+        "approve",
+        "rollback_to_testing",
+        "approve",
+        "deploy",
+        "pause",
+        "resume",
+        "pause",
+        "deprecate",
+        "restore",
+        "deprecate",
+        "archive",
+    )
     assert all(o["changed"] for o in outs)
     assert registry.version("walker", "1.0.0").state == "archived"
     trail = registry.audit("walker")
