@@ -105,7 +105,10 @@ options:
     type: dict
     default: {}
   run_tests:
-    description: Run the agent's tests in the gates. Off only for a registry without runtimes at hand.
+    description:
+      - Run the agent's tests in the gates, against a sandbox runtime of the version.
+      - With V(false), O(action=approve) accepts instead the latest passing test report recorded in the
+        version's audit trail (by validate or test) for the same digest, and refuses without one.
     type: bool
     default: true
   test_timeout:

@@ -381,6 +381,16 @@ def new_surface(registry: Any, agent: str, version: str, surface: Mapping[str, A
     return {key: sorted(set(surface[key]) - set(before[key])) for key in before}
 
 
+def recorded_report(registry: Any, agent: str, version: str, digest: str) -> dict[str, Any] | None:
+    """The latest test report in the version's audit trail for this digest (validate or test), if any."""
+    for entry in reversed(registry.audit(agent, version)):
+        gate = entry.details.get("gate") or {}
+        tests = gate.get("tests")
+        if isinstance(tests, dict) and (gate.get("verified") or {}).get("digest") == digest:
+            return {**tests, "results": [], "recorded_in_audit_id": entry.id}
+    return None
+
+
 def gates(
     *,
     trust_store: str | os.PathLike[str] | None,
@@ -449,6 +459,18 @@ def gates(
                     report["tests"] = tests
                     if kind == "approve" and not tests["passed"]:
                         problems.append({"field": "tests", "expected": f"every test passing: {tests['summary']}"})
+        elif not problems and kind == "approve":
+            recorded = recorded_report(registry, request.agent, request.version, record.digest)
+            if recorded is None or not recorded["passed"]:
+                problems.append(
+                    {
+                        "field": "tests",
+                        "expected": "a passing test report recorded for this digest "
+                        "(validate or test with run_tests), or run_tests",
+                    }
+                )
+            else:
+                report["tests"] = recorded
         report["problems"] = problems
         report["passed"] = not problems
         report["summary"] = "; ".join(f"{p['field']}: {p['expected']}" for p in problems) or "passed"

@@ -205,3 +205,20 @@ def test_gates_through_the_registry(world, settings):
         with pytest.raises(LifecycleError, match="security_prompt_injection"):
             apply(reg, Request("legal_info", "1.2.1", action="approve"), gates=gates)
         assert reg.version("legal_info", "1.2.1").state == "testing"
+
+        # Without run_tests, approve accepts only a passing report recorded for the same digest.
+        quick = agent_tests.gates(trust_store=world["trust"], run_tests=False)
+        with pytest.raises(LifecycleError, match="a passing test report recorded for this digest"):
+            apply(reg, Request("legal_info", "1.2.1", action="approve"), gates=quick)
+        reused = apply(
+            reg,
+            Request(
+                "legal_info",
+                "1.3.0",
+                action="approve",
+                approved_capabilities=["contract_drafting"],
+                approved_tools=["lookup_legal_topic_v2"],
+            ),
+            gates=quick,
+        )
+        assert reused.state == "staged" and reused.gate["tests"]["recorded_in_audit_id"] > 0
