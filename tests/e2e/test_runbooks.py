@@ -132,3 +132,27 @@ def test_performance_degradation_tightens_the_llm_timeout(green_slot):
     settings = yaml.safe_load(SETTINGS.read_text(encoding="utf-8"))
     assert settings["llm_parameters"] == {"timeout_s": 7.0, "retries": 1}
     assert "resources" in record["findings"] and record["findings"]["resources"]["cores"] >= 1
+
+
+def test_high_error_rate_reads_the_patterns_and_decides():
+    # Diagnosis only on the live agent, then a limit below zero with no deployment counted as recent:
+    # no rollback, every dependency up, so the runbook says to investigate and changes nothing.
+    run = run_playbook(
+        "playbooks/runbook_high_error_rate.yml",
+        "-e",
+        "agent=legal_info",
+        "-e",
+        "runbook_max_error_rate=-1",
+        "-e",
+        "runbook_recent_deploy_s=0",
+    )
+    assert run.returncode == 0, run.tail()
+    record = _record(run)
+    findings = record["findings"]
+    assert findings["errors"]["prometheus"] == "reachable"
+    assert set(findings["slots"]) >= {"blue", "green"}
+    assert all(slot["deployed_at"] for slot in findings["slots"].values())
+    assert findings["dependencies"] == {"postgresql": "up", "rabbitmq": "up", "redis": "up"}
+    assert findings["recent_deployments"] == []
+    assert record["decision"] == "investigate"
+    assert "investigate" in record["done"]
