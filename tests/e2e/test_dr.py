@@ -21,6 +21,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+import requests
 
 from tests.e2e.ansible_run import local_secret, run_playbook
 
@@ -336,6 +337,7 @@ def test_database_failover(drill_pair, tmp_path):
 SOURCE = {"cluster": "drill_source", "port": 5436}
 RESTORED = {"cluster": "drill_pitr", "port": 5437}
 STANZA = "drill"
+REGION = {"cluster": "drill_region", "port": 5438}
 
 
 @dataclass
@@ -353,10 +355,30 @@ class BackedUpCluster:
         )
 
 
+S3_ENDPOINT = ("127.0.0.1", 9555)  # roles/backup's S3 stand-in (moto behind a private CA)
+S3_CA = "/etc/chenu-backup/s3/ca.pem"
+S3_BUCKET = "chenu-dr-drill"
+
+
+def _s3():
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=f"https://{S3_ENDPOINT[0]}:{S3_ENDPOINT[1]}",
+        aws_access_key_id="drill",
+        aws_secret_access_key="drill-secret",
+        region_name="us-east-1",
+        verify=S3_CA,
+    )
+
+
 @pytest.fixture
 def backed_up_source():
     base = Path(f"/var/tmp/chenu-dr-drill-{secrets.token_hex(4)}")
-    base.mkdir(mode=0o700)
+    s3_path = f"/{base.name}"
+    base.mkdir()
+    base.chmod(0o755)  # the drill's Redis and runtime users reach their directories below it
     shutil.chown(base, "postgres", "postgres")
     config = base / "pgbackrest.conf"
     config.write_text(
@@ -369,6 +391,7 @@ start-fast=y
 compress-type=lz4
 log-level-console=warn
 
+{_s3_repo(s3_path)}
 [{STANZA}]
 pg1-path=/var/lib/postgresql/{VERSION}/{SOURCE["cluster"]}
 pg1-port={SOURCE["port"]}
@@ -395,14 +418,52 @@ pg1-socket-path=/var/run/postgresql
         password = local_secret("postgresql_registry")
         _psql(SOURCE["port"], f"CREATE ROLE registry LOGIN PASSWORD '{password}'")
         _psql(SOURCE["port"], "CREATE DATABASE registry OWNER registry")
+        if _s3_repo(s3_path):
+            _s3().create_bucket(Bucket=S3_BUCKET)
         cluster = BackedUpCluster(base, config)
         cluster.pgbackrest("stanza-create")
-        cluster.pgbackrest("--type=full", "backup")
+        cluster.pgbackrest("--type=full", "--repo=1", "backup")
+        if _s3_repo(s3_path):
+            cluster.pgbackrest("--type=full", "--repo=2", "backup")
         yield cluster
     finally:
-        for name in (RESTORED["cluster"], SOURCE["cluster"]):
+        for name in (RESTORED["cluster"], REGION["cluster"], SOURCE["cluster"]):
             _drop_cluster(name)
         shutil.rmtree(base, ignore_errors=True)
+        if _s3_repo(s3_path):
+            client = _s3()
+            listed = client.list_objects_v2(Bucket=S3_BUCKET, Prefix=s3_path.lstrip("/"))
+            while listed.get("Contents"):
+                client.delete_objects(
+                    Bucket=S3_BUCKET, Delete={"Objects": [{"Key": o["Key"]} for o in listed["Contents"]]}
+                )
+                listed = client.list_objects_v2(Bucket=S3_BUCKET, Prefix=s3_path.lstrip("/"))
+
+
+def _s3_up() -> bool:
+    try:
+        with socket.create_connection(S3_ENDPOINT, timeout=1):
+            return Path(S3_CA).exists()
+    except OSError:
+        return False
+
+
+def _s3_repo(path: str) -> str:
+    """repo2 on the S3 stand-in when it runs (region drill); the PITR drill needs only repo1."""
+    if not _s3_up():
+        return ""
+    return (
+        "repo2-type=s3\n"
+        f"repo2-path={path}\n"
+        f"repo2-s3-bucket={S3_BUCKET}\n"
+        f"repo2-s3-endpoint={S3_ENDPOINT[0]}\n"
+        f"repo2-storage-port={S3_ENDPOINT[1]}\n"
+        "repo2-s3-region=us-east-1\n"
+        "repo2-s3-uri-style=path\n"
+        "repo2-s3-key=drill\n"
+        "repo2-s3-key-secret=drill-secret\n"
+        f"repo2-storage-ca-file={S3_CA}\n"
+    )
 
 
 def test_point_in_time_restore(backed_up_source, tmp_path):
@@ -467,6 +528,162 @@ def test_point_in_time_restore(backed_up_source, tmp_path):
             "rto_seconds": report["rto_seconds"],
             "rpo_seconds": report["rpo_seconds"],
             "target_time": target,
+            "drill_seconds": time.monotonic() - started,
+        },
+    )
+
+
+def _redis_snapshot(directory: Path) -> dict[str, str]:
+    """A Redis of the drill's own, some agent state in it, snapshotted the way the state backup does."""
+    port = _free_port()
+    data = directory / "redis-source"
+    data.mkdir()
+    shutil.chown(data, "redis", "redis")
+    server = subprocess.Popen(
+        [
+            "runuser",
+            "-u",
+            "redis",
+            "--",
+            "redis-server",
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(data),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        state = {f"chenu:dr:drill:{i}": secrets.token_hex(8) for i in range(100)}
+        deadline = time.monotonic() + 10
+        while subprocess.run(["redis-cli", "-p", str(port), "PING"], capture_output=True).returncode:
+            assert time.monotonic() < deadline, "the drill's Redis did not start"
+            time.sleep(0.1)
+        for key, value in state.items():
+            subprocess.run(["redis-cli", "-p", str(port), "SET", key, value], capture_output=True, check=True)
+        snapshots = directory / "state"
+        snapshots.mkdir()
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        subprocess.run(
+            ["redis-cli", "-p", str(port), "--rdb", str(snapshots / f"redis-{stamp}.rdb")],
+            capture_output=True,
+            check=True,
+        )
+        return state
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def _stop_region(base: Path) -> None:
+    for pid_file in base.glob("runtime/*/runtime.pid"):
+        try:
+            os.killpg(int(pid_file.read_text().strip()), 15)
+        except (ProcessLookupError, ValueError):
+            pass
+    redis_pid = base / "redis" / "redis.pid"
+    if redis_pid.exists():
+        try:
+            os.kill(int(redis_pid.read_text().strip()), 15)
+        except (ProcessLookupError, ValueError):
+            pass
+    time.sleep(1)
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.skipif(not _s3_up(), reason="the S3 stand-in of roles/backup is not running")
+def test_region_rebuild(backed_up_source, tmp_path):
+    started = time.monotonic()
+    state = _redis_snapshot(backed_up_source.base)
+    with psycopg.connect(_registry_dsn(SOURCE["port"]), autocommit=True) as connection:
+        connection.execute(
+            "CREATE TABLE dr_sample AS SELECT i AS id, md5(i::text) AS payload FROM generate_series(1, %s) i",
+            (SAMPLE_ROWS,),
+        )
+        connection.execute(HEARTBEAT_TABLE)
+        heartbeat = Heartbeat(_registry_dsn(SOURCE["port"]))
+        heartbeat.start()
+        time.sleep(2)
+    backed_up_source.pgbackrest("check")  # the WAL so far reaches both repositories
+    # The region fails: the primary, its disks and its local repository with it.
+    failed_at = time.time()
+    subprocess.run(["pg_ctlcluster", VERSION, SOURCE["cluster"], "stop", "-m", "immediate"], check=True)
+    heartbeat.stop()
+    shutil.rmtree(backed_up_source.base / "repo", ignore_errors=True)
+    region_dir = backed_up_source.base / "region"
+    runtime_port = _free_port()
+    redis_port = _free_port()
+    try:
+        report_file = tmp_path / "region.json"
+        _playbook(
+            "dr_region_rebuild",
+            tmp_path,
+            {
+                "dr_primary": SOURCE,
+                "dr_failed_at": failed_at,
+                "dr_report_file": str(report_file),
+                "dr_integrity_databases": ["registry"],
+                "dr_region": {
+                    "base_dir": str(region_dir),
+                    "postgresql": {
+                        **REGION,
+                        "stanza": STANZA,
+                        "config": str(backed_up_source.config),
+                        "repo": 2,
+                        "auth_from": SOURCE["cluster"],
+                    },
+                    "redis": {"port": redis_port, "snapshot_dir": str(backed_up_source.base / "state"), "password": ""},
+                    "runtime": {
+                        "slots": [
+                            {
+                                "agent": "legal_info",
+                                "slot": "dr",
+                                "port": runtime_port,
+                                "llm_chain": ["scripted/legal_info"],
+                            }
+                        ]
+                    },
+                },
+            },
+        )
+        report = json.loads(report_file.read_text())
+        assert _psql(REGION["port"], "SELECT count(*) FROM dr_sample", "registry") == str(SAMPLE_ROWS)
+        lost, lost_span = _lost(heartbeat, REGION["port"], failed_at)
+        restored = {
+            key: subprocess.run(
+                ["redis-cli", "-p", str(redis_port), "GET", key], capture_output=True, text=True
+            ).stdout.strip()
+            for key in state
+        }
+        assert restored == state
+        ready = requests.get(f"http://127.0.0.1:{runtime_port}/health/ready", timeout=10)
+        assert ready.status_code == 200, ready.text
+        answer = requests.post(
+            f"http://127.0.0.1:{runtime_port}/v1/tasks",
+            json={"input": "Délai pour publier une hypothèque légale?"},
+            headers={"Authorization": f"Bearer {local_secret('runtime_caller')}"},
+            timeout=60,
+        )
+        assert answer.status_code == 200, answer.text
+    finally:
+        _stop_region(region_dir)
+    assert report["rto_seconds"] <= RTO_OBJECTIVE
+    assert report["rpo_seconds"] is not None and report["rpo_seconds"] <= RPO_OBJECTIVE
+    _record(
+        "region_rebuild",
+        {
+            "rto_seconds": report["rto_seconds"],
+            "rpo_seconds": report["rpo_seconds"],
+            "postgresql_rpo_seconds": report["postgresql_rpo_seconds"],
+            "redis_rpo_seconds": report["redis_rpo_seconds"],
+            "lost_heartbeats": lost,
+            "lost_heartbeat_span_seconds": lost_span,
             "drill_seconds": time.monotonic() - started,
         },
     )
