@@ -3,6 +3,9 @@ versions made from an example (good or faulty), and the shared stack's state che
 
 from __future__ import annotations
 
+import functools
+import json
+import re
 import shutil
 import socket
 import subprocess
@@ -10,13 +13,14 @@ from pathlib import Path
 
 import yaml
 
-from tests.e2e.ansible_run import REPO
+from tests.e2e.ansible_run import REPO, local_secret
 
 HAPROXY_SOCKET = "/run/haproxy/admin.sock"
 FRONTEND = "http://127.0.0.1:8001"  # inventories/local/group_vars/load_balancer/main.yml
 PROMETHEUS = "http://127.0.0.1:9090"
 SLOT_PORTS = {"blue": 8101, "green": 8102}  # inventories/local/group_vars/runtime/slots.yml
 EXAMPLE = REPO / "examples" / "agents" / "legal_info"
+SLOTS_DIR = "/var/lib/chenu-agents/slots/legal_info"
 
 
 def haproxy(command: str, sock: str = HAPROXY_SOCKET) -> str:
@@ -51,24 +55,33 @@ def set_weights(weights: dict[str, int], backend: str = "be_legal_info") -> None
         haproxy(f"set server {backend}/{slot} weight {weight}")
 
 
-def make_version(
-    dest: Path, version: str, *, error_rate: float = 0.0, added_latency_ms: int = 0, src: Path = EXAMPLE
-) -> Path:
-    """A copy of the example agent at `version`; a fault profile makes a bad one (no provider retries, so
-    the injected faults reach the caller: docs/agent_format.md, providers.Chain)."""
-    folder = dest / f"{src.name}-{version}"
+# A bad version (make_version(bad=True)): 20 % of its LLM calls fail, no retries, so about 20 % of its
+# requests fail. Its tests are thinned to three scenarios that make one LLM call each, and the fault
+# profile's random sequence (seed 11) lets those three calls through: the version passes its gates and
+# fails in front of users, the regression a release's analysis is there to catch.
+BAD_TESTS = ("edge_hors_champ.yaml", "error_question_incomprehensible.yaml", "security_prompt_injection.yaml")
+BAD_FAULTS = {"error_rate": 0.2, "added_latency_ms": 0, "seed": 11}
+
+
+def make_version(dest: Path, version: str, *, bad: bool = False, src: Path = EXAMPLE) -> Path:
+    """A copy of the example agent at `version`, in `<dest>/<version>/<agent>` (deploy.yml's layout)."""
+    folder = dest / version / src.name
     if folder.exists():
         shutil.rmtree(folder)
     shutil.copytree(src, folder)
     config_path = folder / "config.yaml"
     config = yaml.safe_load(config_path.read_text(encoding="utf-8"))
     config["agent"]["version"] = version
-    if error_rate or added_latency_ms:
+    if bad:
         config["agent"]["llm"]["parameters"]["retries"] = 0
         script_path = folder / "tests" / "scripted.yaml"
         script = yaml.safe_load(script_path.read_text(encoding="utf-8"))
-        script["fault_profile"] = {"error_rate": error_rate, "added_latency_ms": added_latency_ms}
+        script["fault_profile"] = dict(BAD_FAULTS)
         script_path.write_text(yaml.safe_dump(script, allow_unicode=True, sort_keys=False), encoding="utf-8")
+        shutil.rmtree(folder / "tests" / "integration")
+        for case in (folder / "tests" / "scenarios").glob("*.yaml"):
+            if case.name not in BAD_TESTS:
+                case.unlink()
     config_path.write_text(yaml.safe_dump(config, allow_unicode=True, sort_keys=False), encoding="utf-8")
     return folder
 
@@ -81,3 +94,42 @@ def supervisor_status() -> dict[str, str]:
 def service_running(name: str) -> bool:
     done = subprocess.run(["service", name, "status"], capture_output=True, text=True, check=False, timeout=30)
     return done.returncode == 0
+
+
+def registry_versions(agent: str = "legal_info") -> dict[str, str]:
+    """{version: state} from the registry."""
+    from chenu_agents.registry import Registry
+
+    settings = {"host": "127.0.0.1", "port": 5432, "dbname": "registry", "user": "registry"}
+    with Registry({**settings, "password": local_secret("postgresql_registry")}, migrate=False) as registry:
+        return {v.version: v.state for v in registry.versions(agent)}
+
+
+def registry_audit(agent: str, version: str) -> list[dict]:
+    from chenu_agents.registry import Registry
+
+    settings = {"host": "127.0.0.1", "port": 5432, "dbname": "registry", "user": "registry"}
+    with Registry({**settings, "password": local_secret("postgresql_registry")}, migrate=False) as registry:
+        return [e.to_dict() for e in registry.audit(agent, version)]
+
+
+def next_version(agent: str = "legal_info") -> str:
+    """A patch version above every version the registry or a slot of the agent has seen."""
+    from chenu_agents import semver
+
+    seen = list(registry_versions(agent))
+    for accepted in Path(SLOTS_DIR).glob("*/runtime/accepted_versions.json"):
+        seen += [v for a, v in json.loads(accepted.read_text()).items() if a == agent]
+    highest = max(seen or ["1.2.0"], key=functools.cmp_to_key(semver.compare))
+    return semver.bump(highest, "bug_fix")
+
+
+def served_version(slot: str) -> str | None:
+    import requests
+
+    try:
+        text = requests.get(f"http://127.0.0.1:{SLOT_PORTS[slot]}/metrics", timeout=5).text
+    except requests.RequestException:
+        return None
+    found = re.search(r'chenu_agent_info\{[^}]*version="([^"]+)"[^}]*\} 1', text)
+    return found[1] if found else None

@@ -1,0 +1,212 @@
+"""playbooks/release.yml and rollback.yml on the local stack (legal_info, slots blue/green behind fe 8001).
+
+Each test makes its own version (a copy of the example, version above everything seen), releases it,
+and leaves the stack serving a good version. The local inventory's short steps (canary 5 % and 25 % for
+20 s each, checks every 2 s over 10 s windows, 2 s scrapes) keep each test within about two minutes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.ansible_run import REPO, SECRETS, run_playbook
+from tests.e2e.release_support import (
+    FRONTEND,
+    make_version,
+    next_version,
+    registry_audit,
+    registry_versions,
+    served_version,
+    servers,
+    service_running,
+    stable_slot,
+    supervisor_status,
+)
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(autouse=True)
+def stack_serving(site_run):
+    """Before and after each test: both slots run, HAProxy sends everything to one of them, up."""
+    for when in ("before", "after"):
+        status = supervisor_status()
+        assert all(status.get(f"chenu-agent-legal_info-{s}") == "RUNNING" for s in ("blue", "green")), (when, status)
+        state = servers()
+        stable = stable_slot()
+        assert state[stable]["weight"] == 100 and state[stable]["op_state"] == 2, (when, state)
+        assert served_version(stable) is not None, (when, stable)
+        if when == "before":
+            yield
+
+
+def _release(folder: Path, strategy: str = "canary", *extra: str):
+    return run_playbook(
+        "playbooks/release.yml",
+        "-e",
+        "agent=legal_info",
+        "-e",
+        f"strategy={strategy}",
+        "-e",
+        f"source={folder}",
+        *extra,
+    )
+
+
+def _load_summary(output: str) -> dict:
+    """The release's synthetic load (inventories/local: release_synthetic_load), summed over its profiles."""
+    files = sorted(set(re.findall(r"(/\S+/reports/load/[^/\s']+/load-\d+\.json)", output)))
+    assert files, output[-3000:]
+    summaries = [json.loads(Path(f).read_text()) for f in files]
+    return {k: sum(s[k] for s in summaries) for k in ("requests", "ok", "failed", "no_backend")}
+
+
+def _step_lines(output: str) -> list[str]:
+    return re.findall(r"msg: '?(canary step \d/\d: [^|]*\|[^\n]*)", output)
+
+
+def test_good_version_goes_5_25_100_and_becomes_active(tmp_path):
+    old_slot = stable_slot()
+    old = served_version(old_slot)
+    version = next_version()
+    run = _release(make_version(tmp_path, version))
+    assert run.returncode == 0, run.tail()
+    out = run.output
+    assert "canary step 1/3: 5 %: PASS" in out and "canary step 2/3: 25 %: PASS" in out, run.tail()
+    assert "PROMOTED" in out, run.tail()
+    new_slot = stable_slot()
+    assert new_slot != old_slot and served_version(new_slot) == version
+    assert servers()[old_slot]["weight"] == 0 and servers()[old_slot]["op_state"] == 2  # warm for a rollback
+    states = registry_versions()
+    assert states[version] == "active" and states[old] == "deprecated", states
+    trail = registry_audit("legal_info", version)
+    assert [e["action"] for e in trail] == ["register", "validate", "approve", "deploy"], trail
+    release_run = trail[-1]["run_id"]
+    assert release_run and {e["run_id"] for e in trail} == {release_run}, trail
+    deprecated = [e for e in registry_audit("legal_info", old) if e["action"] == "deprecate"]
+    assert deprecated and deprecated[-1]["run_id"] == release_run and version in deprecated[-1]["reason"]
+    load = _load_summary(out)
+    assert load["requests"] > 100 and load["failed"] == 0 and load["no_backend"] == 0, load
+    report = re.search(r"report: (\S+\.md)", out)[1]
+    text = Path(report).read_text()
+    assert "| 5 % | 5 % | **pass** |" in text and "xychart-beta" in text and Path(report[:-3] + ".svg").is_file()
+
+
+def test_bad_version_is_aborted_by_itself(tmp_path):
+    stable = stable_slot()
+    good = served_version(stable)
+    version = next_version()
+    run = _release(make_version(tmp_path, version, bad=True))
+    out = run.output
+    assert run.returncode != 0, run.tail()
+    assert "canary step 1/3: 5 %: FAIL" in out or "canary step 2/3: 25 %: FAIL" in out, run.tail()
+    assert "canary back to 0 %" in out
+    assert "canary step 3/3" not in "".join(_step_lines(out)), _step_lines(out)  # never promoted
+    state = servers()
+    assert stable_slot() == stable and served_version(stable) == good
+    assert sum(v["weight"] for s, v in state.items() if s != stable) == 0, state
+    states = registry_versions()
+    assert states[version] == "draft" and states[good] == "active", states
+    trail = registry_audit("legal_info", version)
+    assert [e["action"] for e in trail][-2:] == ["rollback_to_testing", "reject"]
+    assert "failed" in trail[-1]["reason"] and "error rate" in trail[-1]["reason"], trail[-1]
+    load = _load_summary(out)
+    assert load["no_backend"] == 0, load  # never a request without a server behind it
+    assert load["requests"] > 50, load
+
+
+def _loadgen(out: Path, rate: int = 20, clients: int = 4) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "chenu_agents.loadgen", "--url", FRONTEND, "--token-file", str(SECRETS / "runtime_caller"),
+         "--rate", str(rate), "--clients", str(clients), "--duration", "600", "--session-header", "--out", str(out)],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def _stop(proc: subprocess.Popen, out: Path) -> dict:
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(60)
+    return json.loads(out.read_text())
+
+
+def test_blue_green_switch_and_switch_back_under_load_lose_nothing(tmp_path):
+    blue = stable_slot()
+    old = served_version(blue)
+    version = next_version()
+    folder = make_version(tmp_path, version)
+    summary_file = tmp_path / "load.json"
+    load = _loadgen(summary_file)
+    try:
+        time.sleep(2)
+        run = _release(folder, "blue_green", "-e", "release_synthetic_load=false")
+        assert run.returncode == 0, run.tail()
+        green = stable_slot()
+        assert green != blue and served_version(green) == version
+        assert re.search(r"switched to slot \w+ in [\d.]+ s", run.output), run.tail()
+        time.sleep(3)
+        back = run_playbook("playbooks/rollback.yml", "-e", "agent=legal_info", "-e", "reason=e2e switch-back")
+        assert back.returncode == 0, back.tail()
+        assert stable_slot() == blue and served_version(blue) == old
+        time.sleep(3)
+    finally:
+        summary = _stop(load, summary_file)
+    assert summary["requests"] > 200, summary
+    assert summary["failed"] == 0 and summary["no_backend"] == 0, summary
+    states = registry_versions()
+    assert states[old] == "active" and states[version] == "deprecated", states
+    assert any(e["action"] == "restore" and e["reason"] == "e2e switch-back" for e in registry_audit("legal_info", old))
+
+
+def test_prometheus_stopped_mid_rollout_never_promotes(tmp_path):
+    stable = stable_slot()
+    good = served_version(stable)
+    version = next_version()
+    folder = make_version(tmp_path, version)
+    log = tmp_path / "release.log"
+    command = [
+        str(Path(sys.executable).with_name("ansible-playbook")), "-i", "inventories/local", "playbooks/release.yml",
+        "-e", "agent=legal_info", "-e", "strategy=canary", "-e", f"source={folder}",
+    ]  # fmt: skip
+    env = {
+        "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
+        "ANSIBLE_NOCOLOR": "1",
+        "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin:/usr/sbin:/sbin",
+    }
+    with log.open("w") as handle:
+        proc = subprocess.Popen(command, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT, env=env)
+    stopped = False
+    try:
+        deadline = time.monotonic() + 240
+        candidate = next(s for s in servers() if s != stable)
+        while servers()[candidate]["weight"] == 0:  # the canary's first step
+            assert proc.poll() is None, log.read_text()[-4000:]
+            assert time.monotonic() < deadline, log.read_text()[-4000:]
+            time.sleep(0.5)
+        subprocess.run(["service", "prometheus", "stop"], check=True, capture_output=True, timeout=60)
+        stopped = True
+        proc.wait(240)
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(60)
+        if stopped:
+            subprocess.run(["service", "prometheus", "start"], check=False, capture_output=True, timeout=60)
+            for _ in range(60):
+                if service_running("prometheus"):
+                    break
+                time.sleep(1)
+    out = log.read_text()
+    assert proc.returncode != 0, out[-4000:]
+    assert "INCONCLUSIVE" in out and "PROMOTED" not in out, out[-4000:]
+    assert stable_slot() == stable and served_version(stable) == good
+    assert servers()[candidate]["weight"] == 0
+    states = registry_versions()
+    assert states[version] != "active" and states[good] == "active", states
