@@ -108,7 +108,8 @@ def test_bad_version_is_aborted_by_itself(tmp_path):
     out = run.output
     assert run.returncode != 0, run.tail()
     assert "canary step 1/3: 5 %: FAIL" in out or "canary step 2/3: 25 %: FAIL" in out, run.tail()
-    assert "canary back to 0 %" in out
+    report = Path(re.search(r"report: (\S+\.md)", out)[1]).read_text()
+    assert "- canary back to 0 % at " in report and "**fail**" in report, report
     assert "canary step 3/3" not in "".join(_step_lines(out)), _step_lines(out)  # never promoted
     state = servers()
     assert stable_slot() == stable and served_version(stable) == good
@@ -152,7 +153,9 @@ def test_blue_green_switch_and_switch_back_under_load_lose_nothing(tmp_path):
         assert green != blue and served_version(green) == version
         assert re.search(r"switched to slot \w+ in [\d.]+ s", run.output), run.tail()
         time.sleep(3)
-        back = run_playbook("playbooks/rollback.yml", "-e", "agent=legal_info", "-e", "reason=e2e switch-back")
+        back = run_playbook(
+            "playbooks/rollback.yml", "-e", "agent=legal_info", "-e", json.dumps({"reason": "e2e switch-back"})
+        )
         assert back.returncode == 0, back.tail()
         assert stable_slot() == blue and served_version(blue) == old
         time.sleep(3)
