@@ -78,7 +78,7 @@ def _who(release: Mapping[str, Any], key: str) -> str:
 
 def _name(release: Mapping[str, Any]) -> str:
     started = str(release.get("started") or datetime.now(UTC).isoformat())
-    stamp = re.sub(r"[^0-9T]", "", started.split(".")[0].split("+")[0])[:15] or "now"
+    stamp = re.sub(r"[^0-9T]", "", started.split(".", maxsplit=1)[0].split("+", maxsplit=1)[0])[:15] or "now"
     candidate = (release.get("candidate") or {}).get("version") or "unknown"
     raw = f"{release.get('agent', 'agent')}-{candidate}-{release.get('strategy', 'release')}-{stamp}"
     return re.sub(r"[^A-Za-z0-9._-]", "_", raw)
@@ -96,7 +96,7 @@ def _check(release: Mapping[str, Any]) -> None:
 def mermaid(steps: Sequence[Mapping[str, Any]], metric: str, title: str, unit: str, scale: float) -> str:
     """A mermaid xychart-beta: candidate first line, stable second (a missing value is drawn as 0)."""
     labels = ", ".join(f'"{str(s.get("name", i + 1)).replace(chr(34), chr(39))}"' for i, s in enumerate(steps))
-    values = {side: series(steps, side, metric, scale) for side, _, _ in SERIES}
+    values = {side: series(steps, side, metric, scale) for side, *_rest in SERIES}
     top = max([v for vs in values.values() for v in vs if v is not None] + [0.0])
     top = _nice(top)
     lines = [
@@ -106,7 +106,7 @@ def mermaid(steps: Sequence[Mapping[str, Any]], metric: str, title: str, unit: s
         f"    x-axis [{labels}]",
         f'    y-axis "{unit}" 0 --> {top:g}',
     ]
-    for side, _, _ in SERIES:
+    for side, *_rest in SERIES:
         lines.append("    line [" + ", ".join(f"{v if v is not None else 0:g}" for v in values[side]) + "]")
     lines.append("```")
     return "\n".join(lines)
@@ -139,7 +139,7 @@ def svg(steps: Sequence[Mapping[str, Any]], title: str = "") -> str:
     for index, (metric, label, unit, scale) in enumerate(METRICS):
         x0, y0 = index * panel_w, offset_y
         plot_w, plot_h = panel_w - left - right, panel_h - top_m - bottom
-        values = {side: series(steps, side, metric, scale) for side, _, _ in SERIES}
+        values = {side: series(steps, side, metric, scale) for side, *_rest in SERIES}
         top = _nice(max([v for vs in values.values() for v in vs if v is not None] + [0.0]))
 
         def px(i: int, x0: float = x0, plot_w: float = plot_w) -> float:
@@ -218,8 +218,8 @@ def render(release: Mapping[str, Any]) -> Report:
             "| candidate p95 | stable p95 | seconds | numbers |",
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
-        err = {side: series(steps, side, "error_rate", 100.0) for side, _, _ in SERIES}
-        lat = {side: series(steps, side, "latency_p95", 1000.0) for side, _, _ in SERIES}
+        err = {side: series(steps, side, "error_rate", 100.0) for side, *_rest in SERIES}
+        lat = {side: series(steps, side, "latency_p95", 1000.0) for side, *_rest in SERIES}
         for i, step in enumerate(steps):
             canary = step.get("canary") or {}
             reasons = "; ".join(str(r) for r in step.get("reasons") or []) or NONE
