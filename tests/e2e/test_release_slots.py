@@ -14,7 +14,7 @@ from chenu_agents.files import write_if_changed
 from chenu_agents.keystore import FileKeyStore
 from chenu_agents.signing import sign_bundle
 from tests.e2e.ansible_run import run_playbook
-from tests.e2e.release_support import EXAMPLE, SLOT_PORTS, servers, set_weights, stable_slot
+from tests.e2e.release_support import EXAMPLE, SLOT_PORTS, make_version, next_version, servers, set_weights, stable_slot
 
 pytestmark = pytest.mark.e2e
 
@@ -43,7 +43,11 @@ def test_deploy_replaces_a_slot_whose_bundle_no_longer_verifies(tmp_path):
     # What the role used to trip on: the slot refuses to start (exit 2, FATAL after its retries).
     subprocess.run(["supervisorctl", "restart", f"chenu-agent-legal_info-{idle}"], capture_output=True, timeout=60)
     try:
-        run = run_playbook("playbooks/deploy.yml", "-e", f"slot={idle}")
+        # A version above any the slots accepted (the release tests raise them), deployed from a copy.
+        version = next_version()
+        make_version(tmp_path / "agents", version)
+        agents_dir = tmp_path / "agents" / version
+        run = run_playbook("playbooks/deploy.yml", "-e", f"slot={idle}", "-e", f"chenu_agents_dir={agents_dir}")
         assert run.returncode == 0, run.tail()
         assert f"slot legal_info-{idle} is not started: its bundle does not verify (UnknownKey" in run.output, (
             run.tail()
