@@ -32,6 +32,16 @@ def unavailable() -> str | None:
     return None
 
 
+def require() -> None:
+    """Skip the calling test when the registry cannot be reached: asked when the test runs, not when it
+    is collected, so the full suite runs these tests after its end-to-end part provisions the stack."""
+    import pytest
+
+    reason = unavailable()
+    if reason:
+        pytest.skip(reason)
+
+
 @contextmanager
 def throwaway_database(prefix: str = "chenu_test_registry") -> Iterator[dict]:
     """Yield registry connection settings for a fresh database `<prefix>_<pid>`, dropped afterwards."""

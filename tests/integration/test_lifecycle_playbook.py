@@ -16,10 +16,9 @@ from chenu_agents.files import write_if_changed
 from chenu_agents.keystore import FileKeyStore
 from chenu_agents.signing import sign_bundle
 from tests.conftest import EXAMPLES, REPO
-from tests.pg import throwaway_database, unavailable
+from tests.pg import require, throwaway_database
 
-REASON = unavailable()
-pytestmark = [pytest.mark.integration, pytest.mark.skipif(REASON is not None, reason=REASON or "")]
+pytestmark = pytest.mark.integration
 
 
 def lifecycle(extra: dict, *args: str) -> subprocess.CompletedProcess:
@@ -39,6 +38,7 @@ def lifecycle(extra: dict, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_lifecycle_playbook(tmp_path):
+    require()
     store = FileKeyStore(tmp_path / "keys")
     store.ensure_key()
     trust = tmp_path / "trust.json"

@@ -18,7 +18,7 @@ from chenu_agents.lifecycle import Request, apply
 from chenu_agents.registry import Registry
 from chenu_agents.signing import sign_bundle
 from tests.conftest import EXAMPLES
-from tests.pg import throwaway_database, unavailable
+from tests.pg import require, throwaway_database
 
 
 @pytest.fixture(scope="module")
@@ -119,13 +119,9 @@ def test_judge_is_the_one_evaluator():
     ]
 
 
-REASON = unavailable()
-
-
 @pytest.fixture(scope="module")
 def settings():
-    if REASON:
-        pytest.skip(REASON)
+    require()
     with throwaway_database("chenu_test_registry_gates") as db:
         yield db
 

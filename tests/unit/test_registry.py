@@ -13,12 +13,15 @@ from chenu_agents import lifecycle
 from chenu_agents.errors import LifecycleError
 from chenu_agents.lifecycle import Request, apply
 from chenu_agents.registry import Registry, RegistryError
-from tests.pg import throwaway_database, unavailable
+from tests.pg import require, throwaway_database
 
-REASON = unavailable()
-pytestmark = pytest.mark.skipif(REASON is not None, reason=REASON or "")
 DIGEST = "sha256:" + "ab" * 32
 OTHER = "sha256:" + "cd" * 32
+
+
+@pytest.fixture(autouse=True)
+def registry_reachable():
+    require()
 
 
 @pytest.fixture(scope="module")
