@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -35,8 +33,15 @@ sys.path.insert(0, str(REPO))
 
 import yaml  # noqa: E402
 
-from tests.e2e.ansible_run import SECRETS, run_playbook  # noqa: E402
-from tests.e2e.release_support import FRONTEND, make_version, next_version, servers, stable_slot  # noqa: E402
+from tests.e2e.ansible_run import run_playbook  # noqa: E402
+from tests.e2e.release_support import (  # noqa: E402
+    make_version,
+    next_version,
+    servers,
+    stable_slot,
+    start_loadgen,
+    stop_loadgen,
+)
 
 INVENTORY_RELEASE = REPO / "inventories" / "local" / "group_vars" / "all" / "release.yml"
 
@@ -64,20 +69,6 @@ class WeightWatcher(threading.Thread):
 
     def first(self, slot: str, test, after: float = 0.0) -> float | None:
         return next((t for t, w in self.changes if t >= after and test(w.get(slot, 0))), None)
-
-
-def loadgen(out: Path, rate: int, clients: int) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "chenu_agents.loadgen", "--url", FRONTEND, "--token-file", str(SECRETS / "runtime_caller"),
-         "--rate", str(rate), "--clients", str(clients), "--duration", "900", "--session-header", "--out", str(out)],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-
-
-def stop_loadgen(proc: subprocess.Popen, out: Path) -> dict:
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(60)
-    return json.loads(out.read_text())
 
 
 def release(folder: Path, strategy: str, *extra: str):
@@ -115,7 +106,7 @@ def bad_canary(work: Path, settings: dict) -> dict:
 def blue_green(work: Path, rate: int, clients: int) -> dict:
     before = stable_slot()
     out = work / "bg-load.json"
-    proc = loadgen(out, rate, clients)
+    proc = start_loadgen(out, rate, clients, duration=900)
     watcher = WeightWatcher()
     watcher.start()
     try:

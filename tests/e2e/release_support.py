@@ -7,13 +7,15 @@ import functools
 import json
 import re
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import yaml
 
-from tests.e2e.ansible_run import REPO, local_secret
+from tests.e2e.ansible_run import REPO, SECRETS, local_secret
 
 HAPROXY_SOCKET = "/run/haproxy/admin.sock"
 FRONTEND = "http://127.0.0.1:8001"  # inventories/local/group_vars/load_balancer/main.yml
@@ -133,3 +135,20 @@ def served_version(slot: str) -> str | None:
         return None
     found = re.search(r'chenu_agent_info\{[^}]*version="([^"]+)"[^}]*\} 1', text)
     return found[1] if found else None
+
+
+def start_loadgen(out: Path, rate: int = 20, clients: int = 4, duration: int = 600) -> subprocess.Popen:
+    """Keep-alive clients through the frontend (python -m chenu_agents.loadgen) until stop_loadgen."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "chenu_agents.loadgen", "--url", FRONTEND, "--token-file", str(SECRETS / "runtime_caller"),
+         "--rate", str(rate), "--clients", str(clients), "--duration", str(duration), "--session-header",
+         "--out", str(out)],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def stop_loadgen(proc: subprocess.Popen, out: Path) -> dict:
+    """SIGTERM ends the load cleanly; its summary is then read back."""
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(60)
+    return json.loads(out.read_text())

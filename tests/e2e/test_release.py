@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -17,9 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.ansible_run import REPO, SECRETS, run_playbook
+from tests.e2e.ansible_run import REPO, run_playbook
 from tests.e2e.release_support import (
-    FRONTEND,
     make_version,
     next_version,
     registry_audit,
@@ -28,6 +26,8 @@ from tests.e2e.release_support import (
     servers,
     service_running,
     stable_slot,
+    start_loadgen,
+    stop_loadgen,
     supervisor_status,
 )
 
@@ -124,27 +124,13 @@ def test_bad_version_is_aborted_by_itself(tmp_path):
     assert load["requests"] > 50, load
 
 
-def _loadgen(out: Path, rate: int = 20, clients: int = 4) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "chenu_agents.loadgen", "--url", FRONTEND, "--token-file", str(SECRETS / "runtime_caller"),
-         "--rate", str(rate), "--clients", str(clients), "--duration", "600", "--session-header", "--out", str(out)],
-        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-
-
-def _stop(proc: subprocess.Popen, out: Path) -> dict:
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(60)
-    return json.loads(out.read_text())
-
-
 def test_blue_green_switch_and_switch_back_under_load_lose_nothing(tmp_path):
     blue = stable_slot()
     old = served_version(blue)
     version = next_version()
     folder = make_version(tmp_path, version)
     summary_file = tmp_path / "load.json"
-    load = _loadgen(summary_file)
+    load = start_loadgen(summary_file)
     try:
         time.sleep(2)
         run = _release(folder, "blue_green", "-e", "release_synthetic_load=false")
@@ -160,7 +146,7 @@ def test_blue_green_switch_and_switch_back_under_load_lose_nothing(tmp_path):
         assert stable_slot() == blue and served_version(blue) == old
         time.sleep(3)
     finally:
-        summary = _stop(load, summary_file)
+        summary = stop_loadgen(load, summary_file)
     assert summary["requests"] > 200, summary
     assert summary["failed"] == 0 and summary["no_backend"] == 0, summary
     states = registry_versions()
