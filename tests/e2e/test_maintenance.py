@@ -106,6 +106,32 @@ def _record(run) -> dict:
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
 
+def _wait_until_vacuum_can_remove(conn, timeout: float = 60.0) -> None:
+    """VACUUM until the deleted rows are gone from t_pkey, so the index the playbook sees is bloated.
+
+    Dead rows stay while anything still holds an older snapshot: on this host the streaming replica's
+    hot_standby_feedback holds the slot's xmin, refreshed every wal_receiver_status_interval (10 s).
+    """
+    conn.execute("CREATE EXTENSION IF NOT EXISTS pgstattuple")
+    deadline = time.monotonic() + timeout
+    while True:
+        conn.execute("VACUUM t")
+        density = conn.execute("SELECT avg_leaf_density FROM pgstatindex('t_pkey')").fetchone()[0]
+        if density < 50:
+            return
+        if time.monotonic() > deadline:
+            holders = conn.execute(
+                "SELECT 'slot ' || slot_name || ' xmin ' || xmin FROM pg_replication_slots WHERE xmin IS NOT NULL"
+                " UNION ALL SELECT 'backend ' || pid || ' xmin ' || backend_xmin FROM pg_stat_activity"
+                " WHERE backend_xmin IS NOT NULL AND pid <> pg_backend_pid()"
+            ).fetchall()
+            pytest.fail(
+                f"VACUUM could not remove the deleted rows in {timeout:.0f} s (leaf density {density} %); "
+                f"the xmin horizon is held by {[h[0] for h in holders]}"
+            )
+        time.sleep(1)
+
+
 @pytest.fixture
 def bloated_database():
     admin = "host=/var/run/postgresql user=postgres dbname=postgres"
@@ -116,6 +142,7 @@ def bloated_database():
         conn.execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
         conn.execute("INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 60000) g")
         conn.execute("DELETE FROM t WHERE id % 10 <> 0")
+        _wait_until_vacuum_can_remove(conn)
     yield TEST_DB
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f"DROP DATABASE IF EXISTS {TEST_DB} WITH (FORCE)")
