@@ -8,6 +8,12 @@ TRUNCATE in the database itself (a trigger), whoever connects.
 Every write to one agent happens inside `locked(agent)`: a transaction holding the agent's row
 `FOR UPDATE`, so that concurrent transitions of one agent serialize and each writes its audit row in
 the same transaction as the state it sets.
+
+The release lock (`release_locks`, migration 0002): one lease per agent, held by the run that moves
+its traffic (release.yml, rollback.yml), so that two such runs never interleave. `acquire_release_lock`
+takes it atomically (INSERT ... ON CONFLICT DO NOTHING, else over a lease that expired, or forced,
+either of which writes an audit row naming the previous holder), `renew_release_lock` pushes its expiry
+back, `free_release_lock` frees it for its holder only. A killed run's lease blocks until it expires.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 
@@ -31,6 +37,14 @@ CONNECTION_KEYS = ("host", "port", "dbname", "user", "password", "sslmode", "con
 
 class RegistryError(ChenuError):
     """The registry cannot be reached, migrated or read."""
+
+
+class ReleaseLockError(RegistryError):
+    """The release lock is not this run's to renew or free."""
+
+
+class ReleaseLockHeld(ReleaseLockError):
+    """Another run holds the agent's release lock."""
 
 
 @dataclass(frozen=True)
@@ -97,6 +111,57 @@ class AuditEntry:
         return out
 
 
+def _utc(at: datetime) -> str:
+    return at.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class ReleaseLock:
+    """A lease on an agent's releases: who holds it (run id), as whom, from which playbook, until when."""
+
+    agent: str
+    holder: str
+    actor: str
+    playbook: str
+    acquired_at: datetime
+    renewed_at: datetime
+    expires_at: datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dict(self.__dict__)
+        for key in ("acquired_at", "renewed_at", "expires_at"):
+            out[key] = _utc(out[key])
+        return out
+
+    def describe(self) -> str:
+        return (
+            f"run {self.holder} ({self.actor}, {self.playbook}) since {_utc(self.acquired_at)},"
+            f" lease until {_utc(self.expires_at)}"
+        )
+
+
+@dataclass(frozen=True)
+class LockOutcome:
+    """What a release-lock request did: the lease after it (None once freed), the one before, and
+    `taken_over` ("expired" or "forced") when it replaced another run's lease."""
+
+    lock: ReleaseLock | None
+    previous: ReleaseLock | None
+    changed: bool
+    taken_over: str | None = None
+    audit_id: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "lock": self.lock.to_dict() if self.lock else None,
+            "previous": self.previous.to_dict() if self.previous else None,
+            "changed": self.changed,
+            "taken_over": self.taken_over,
+            "audit_id": self.audit_id,
+        }
+
+
+_LOCK_COLUMNS = "agent, holder, actor, playbook, acquired_at, renewed_at, expires_at"
 _VERSION_COLUMNS = "agent, version, digest, key_id, bundle, capabilities, tools, state, registered_at, state_changed_at"
 _AUDIT_COLUMNS = "id, at, actor, agent, version, action, from_state, to_state, reason, run_id, details"
 
@@ -260,6 +325,134 @@ class Registry:
             self.conn.execute("SELECT name FROM agents WHERE name = %s FOR UPDATE", (agent,))
             yield Transaction(self, agent)
 
+    # --- the release lock
+    def release_lock(self, agent: str) -> ReleaseLock | None:
+        """The agent's release lease, expired or not (None when free)."""
+        row = self.conn.execute(_q("SELECT {} FROM release_locks WHERE agent = %s", _LOCK_COLUMNS), (agent,)).fetchone()
+        return ReleaseLock(**row) if row else None
+
+    def acquire_release_lock(
+        self,
+        agent: str,
+        holder: str,
+        *,
+        actor: str,
+        playbook: str,
+        ttl: float,
+        force: bool = False,
+        check_mode: bool = False,
+    ) -> LockOutcome:
+        """Take the agent's release lease for `ttl` seconds (again by its holder: renew it). Another run's
+        lease is taken over only when it has expired or with `force` (an audit row names that run);
+        otherwise ReleaseLockHeld says who holds it, since when, and how to force."""
+        _check_ttl(ttl)
+        outcome = None
+        with self.locked(agent) as tx:
+            row = self.conn.execute(
+                _q(
+                    "INSERT INTO release_locks (agent, holder, actor, playbook, expires_at)"
+                    " VALUES (%s, %s, %s, %s, now() + make_interval(secs => %s))"
+                    " ON CONFLICT (agent) DO NOTHING RETURNING {}",
+                    _LOCK_COLUMNS,
+                ),
+                (agent, holder, actor, playbook, ttl),
+            ).fetchone()
+            if row:
+                outcome = LockOutcome(ReleaseLock(**row), None, True)
+            else:
+                current = self.conn.execute(
+                    _q(
+                        "SELECT {}, expires_at <= now() AS expired FROM release_locks WHERE agent = %s FOR UPDATE",
+                        _LOCK_COLUMNS,
+                    ),
+                    (agent,),
+                ).fetchone()
+                expired = current.pop("expired")
+                previous = ReleaseLock(**current)
+                if previous.holder == holder:
+                    outcome = LockOutcome(self._renew(agent, holder, ttl), previous, True)
+                elif not (expired or force):
+                    raise ReleaseLockHeld(
+                        f"{agent}'s release lock is held by {previous.describe()}: another release or rollback of"
+                        f" {agent} is under way. Wait for it to end; if that run is dead, take the lock over with"
+                        " force (playbooks: -e release_lock_force=true; the takeover is recorded in the audit trail)"
+                    )
+                else:
+                    why = "expired" if expired else "forced"
+                    taken = self.conn.execute(
+                        _q(
+                            "UPDATE release_locks SET holder = %s, actor = %s, playbook = %s, acquired_at = now(),"
+                            " renewed_at = now(), expires_at = now() + make_interval(secs => %s)"
+                            " WHERE agent = %s RETURNING {}",
+                            _LOCK_COLUMNS,
+                        ),
+                        (holder, actor, playbook, ttl, agent),
+                    ).fetchone()
+                    audit_id = tx.audit(
+                        actor,
+                        None,
+                        "release_lock_takeover",
+                        None,
+                        None,
+                        f"release lock taken over ({why}) from {previous.describe()}",
+                        holder,
+                        {"why": why, "previous": previous.to_dict(), "playbook": playbook},
+                    )
+                    outcome = LockOutcome(ReleaseLock(**taken), previous, True, why, audit_id)
+            if check_mode:
+                _rollback()
+        return outcome
+
+    def renew_release_lock(self, agent: str, holder: str, *, ttl: float, check_mode: bool = False) -> LockOutcome:
+        """Push the lease's expiry to `ttl` seconds from now; only its holder may (ReleaseLockError otherwise:
+        the lease was freed, or taken over after it expired or by force)."""
+        _check_ttl(ttl)
+        with self.locked(agent):
+            previous = self._lock_for_update(agent)
+            if previous is None or previous.holder != holder:
+                raise ReleaseLockError(
+                    f"{agent}'s release lock is not held by run {holder}: "
+                    + (f"it is held by {previous.describe()}" if previous else "it is free")
+                    + " (taken over, or freed); this run no longer owns the agent's releases"
+                )
+            outcome = LockOutcome(self._renew(agent, holder, ttl), previous, True)
+            if check_mode:
+                _rollback()
+        return outcome
+
+    def free_release_lock(self, agent: str, holder: str, *, check_mode: bool = False) -> LockOutcome:
+        """Free the lease. Only its holder may (ReleaseLockError otherwise); freeing a free lock changes nothing."""
+        with self.locked(agent):
+            previous = self._lock_for_update(agent)
+            if previous is None:
+                return LockOutcome(None, None, False)
+            if previous.holder != holder:
+                raise ReleaseLockError(
+                    f"{agent}'s release lock is held by {previous.describe()}, not by run {holder}:"
+                    " only its holder frees it (a dead run's lease expires, or is taken over with force)"
+                )
+            self.conn.execute("DELETE FROM release_locks WHERE agent = %s AND holder = %s", (agent, holder))
+            if check_mode:
+                _rollback()
+        return LockOutcome(None, previous, True)
+
+    def _lock_for_update(self, agent: str) -> ReleaseLock | None:
+        row = self.conn.execute(
+            _q("SELECT {} FROM release_locks WHERE agent = %s FOR UPDATE", _LOCK_COLUMNS), (agent,)
+        ).fetchone()
+        return ReleaseLock(**row) if row else None
+
+    def _renew(self, agent: str, holder: str, ttl: float) -> ReleaseLock:
+        row = self.conn.execute(
+            _q(
+                "UPDATE release_locks SET renewed_at = now(), expires_at = now() + make_interval(secs => %s)"
+                " WHERE agent = %s AND holder = %s RETURNING {}",
+                _LOCK_COLUMNS,
+            ),
+            (ttl, agent, holder),
+        ).fetchone()
+        return ReleaseLock(**row)
+
 
 class Transaction:
     """Writes to one agent, inside `Registry.locked`."""
@@ -335,6 +528,20 @@ def _q(template: str, *parts: str) -> Any:
     from psycopg import sql
 
     return sql.SQL(template).format(*(sql.SQL(p) for p in parts))
+
+
+def _check_ttl(ttl: float) -> None:
+    if not ttl or ttl <= 0:
+        raise ReleaseLockError(
+            f"the lease must last some time (ttl {ttl})", [Problem("(task)", "ttl", "seconds, more than 0")]
+        )
+
+
+def _rollback() -> None:
+    """Undo the enclosing transaction (check mode): psycopg rolls back on this exception and swallows it."""
+    from psycopg import Rollback
+
+    raise Rollback()
 
 
 def _json(wrap: Any, value: Any) -> Any:

@@ -12,7 +12,7 @@ import pytest
 from chenu_agents import lifecycle
 from chenu_agents.errors import LifecycleError
 from chenu_agents.lifecycle import Request, apply
-from chenu_agents.registry import Registry, RegistryError
+from chenu_agents.registry import Registry, RegistryError, migrations
 from tests.pg import require, throwaway_database
 
 DIGEST = "sha256:" + "ab" * 32
@@ -49,8 +49,9 @@ def go(reg: Registry, agent: str, version: str, *actions: str, **kw) -> list[dic
 def test_migrations_are_applied_once_and_recorded(settings):
     with Registry(settings) as first:
         rows = first.conn.execute("SELECT version, name, checksum FROM schema_migrations").fetchall()
-        assert [r["name"] for r in rows] == ["0001_registry.sql"]
-        assert first.schema_version() == 1
+        assert [r["name"] for r in rows] == [m.name for m in migrations()]
+        assert [r["name"] for r in rows][:2] == ["0001_registry.sql", "0002_release_lock.sql"]
+        assert first.schema_version() == len(rows)
     with Registry(settings) as again:
         assert again.applied == []  # idempotent
         states = {r["name"] for r in again.conn.execute("SELECT name FROM lifecycle_states")}
@@ -68,8 +69,6 @@ def test_a_changed_migration_is_refused(settings):
 
 
 def lifecycle_checksum() -> str:
-    from chenu_agents.registry import migrations
-
     return migrations()[0].checksum
 
 
