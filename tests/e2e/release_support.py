@@ -11,11 +11,14 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
 import yaml
 
-from tests.e2e.ansible_run import REPO, SECRETS, local_secret
+from tests.e2e.ansible_run import REPO, SECRETS, PlaybookRun, local_secret, run_playbook
 
 HAPROXY_SOCKET = "/run/haproxy/admin.sock"
 FRONTEND = "http://127.0.0.1:8001"  # inventories/local/group_vars/load_balancer/main.yml
@@ -23,6 +26,9 @@ PROMETHEUS = "http://127.0.0.1:9090"
 SLOT_PORTS = {"blue": 8101, "green": 8102}  # inventories/local/group_vars/runtime/slots.yml
 EXAMPLE = REPO / "examples" / "agents" / "legal_info"
 SLOTS_DIR = "/var/lib/chenu-agents/slots/legal_info"
+FLAGS_FILE = "/etc/chenu-agents/runtime/flags.json"  # inventories/local/group_vars/all/release.yml
+# A Sunday at 03:00 in Toronto: inside seed 000 §5.3's window (inventories/local: chenu_maintenance_windows).
+INSIDE_MAINTENANCE_WINDOW = "2026-11-22T03:00:00-05:00"
 
 
 def haproxy(command: str, sock: str = HAPROXY_SOCKET) -> str:
@@ -98,21 +104,27 @@ def service_running(name: str) -> bool:
     return done.returncode == 0
 
 
-def registry_versions(agent: str = "legal_info") -> dict[str, str]:
-    """{version: state} from the registry."""
+@contextmanager
+def local_registry(migrate: bool = False) -> Iterator:
+    """The local stack's registry database (inventories/local: chenu_registry), as the registry role."""
     from chenu_agents.registry import Registry
 
     settings = {"host": "127.0.0.1", "port": 5432, "dbname": "registry", "user": "registry"}
-    with Registry({**settings, "password": local_secret("postgresql_registry")}, migrate=False) as registry:
+    with Registry({**settings, "password": local_secret("postgresql_registry")}, migrate=migrate) as registry:
+        yield registry
+
+
+def registry_versions(agent: str = "legal_info") -> dict[str, str]:
+    """{version: state} from the registry."""
+    with local_registry() as registry:
         return {v.version: v.state for v in registry.versions(agent)}
 
 
-def registry_audit(agent: str, version: str) -> list[dict]:
-    from chenu_agents.registry import Registry
-
-    settings = {"host": "127.0.0.1", "port": 5432, "dbname": "registry", "user": "registry"}
-    with Registry({**settings, "password": local_secret("postgresql_registry")}, migrate=False) as registry:
-        return [e.to_dict() for e in registry.audit(agent, version)]
+def registry_audit(agent: str, version: str | None) -> list[dict]:
+    """The audit trail of one version (version None: the agent's rows without a version, e.g. lock takeovers)."""
+    with local_registry() as registry:
+        entries = registry.audit(agent, version) if version else registry.audit(agent)
+        return [e.to_dict() for e in entries if version or e.version is None]
 
 
 def next_version(agent: str = "legal_info") -> str:
@@ -152,3 +164,57 @@ def stop_loadgen(proc: subprocess.Popen, out: Path) -> dict:
     proc.send_signal(signal.SIGTERM)
     proc.wait(60)
     return json.loads(out.read_text())
+
+
+@pytest.fixture
+def stack_serving(site_run):
+    """Before and after a test: both slots run, HAProxy sends everything to one of them, up. Release test
+    modules use it as `pytestmark = pytest.mark.usefixtures("stack_serving")`."""
+    for when in ("before", "after"):
+        status = supervisor_status()
+        assert all(status.get(f"chenu-agent-legal_info-{s}") == "RUNNING" for s in ("blue", "green")), (when, status)
+        state = servers()
+        stable = stable_slot()
+        assert state[stable]["weight"] == 100 and state[stable]["op_state"] == 2, (when, state)
+        assert served_version(stable) is not None, (when, stable)
+        if when == "before":
+            yield
+
+
+def release_args(folder: Path, strategy: str = "canary", *extra: str) -> list[str]:
+    return [
+        "playbooks/release.yml",
+        "-e",
+        "agent=legal_info",
+        "-e",
+        f"strategy={strategy}",
+        "-e",
+        f"source={folder}",
+        *extra,
+    ]
+
+
+def release(folder: Path, strategy: str = "canary", *extra: str) -> PlaybookRun:
+    """playbooks/release.yml of the agent folder on the local inventory, waited for."""
+    return run_playbook(*release_args(folder, strategy, *extra))
+
+
+def start_release(folder: Path, log: Path, strategy: str = "canary", *extra: str) -> subprocess.Popen:
+    """The same, in the background, its output in `log` (for tests that act while it runs)."""
+    command = [str(Path(sys.executable).with_name("ansible-playbook")), "-i", "inventories/local",
+               *release_args(folder, strategy, *extra)]  # fmt: skip
+    env = {
+        "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
+        "ANSIBLE_NOCOLOR": "1",
+        "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin:/usr/sbin:/sbin",
+    }
+    with log.open("w") as handle:
+        return subprocess.Popen(command, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT, env=env)
+
+
+def load_summary(output: str) -> dict:
+    """The release's synthetic load (inventories/local: release_synthetic_load), summed over its profiles."""
+    files = sorted(set(re.findall(r"(/\S+/reports/load/[^/\s']+/load-\d+\.json)", output)))
+    assert files, output[-3000:]
+    summaries = [json.loads(Path(f).read_text()) for f in files]
+    return {k: sum(s[k] for s in summaries) for k in ("requests", "ok", "failed", "no_backend")}

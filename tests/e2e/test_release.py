@@ -10,63 +10,30 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.ansible_run import REPO, run_playbook
+from tests.e2e.ansible_run import run_playbook
 from tests.e2e.release_support import (
+    load_summary,
     make_version,
     next_version,
     registry_audit,
     registry_versions,
+    release,
     served_version,
     servers,
     service_running,
     stable_slot,
+    stack_serving,  # noqa: F401  # the fixture, used below
     start_loadgen,
+    start_release,
     stop_loadgen,
-    supervisor_status,
 )
 
-pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(autouse=True)
-def stack_serving(site_run):
-    """Before and after each test: both slots run, HAProxy sends everything to one of them, up."""
-    for when in ("before", "after"):
-        status = supervisor_status()
-        assert all(status.get(f"chenu-agent-legal_info-{s}") == "RUNNING" for s in ("blue", "green")), (when, status)
-        state = servers()
-        stable = stable_slot()
-        assert state[stable]["weight"] == 100 and state[stable]["op_state"] == 2, (when, state)
-        assert served_version(stable) is not None, (when, stable)
-        if when == "before":
-            yield
-
-
-def _release(folder: Path, strategy: str = "canary", *extra: str):
-    return run_playbook(
-        "playbooks/release.yml",
-        "-e",
-        "agent=legal_info",
-        "-e",
-        f"strategy={strategy}",
-        "-e",
-        f"source={folder}",
-        *extra,
-    )
-
-
-def _load_summary(output: str) -> dict:
-    """The release's synthetic load (inventories/local: release_synthetic_load), summed over its profiles."""
-    files = sorted(set(re.findall(r"(/\S+/reports/load/[^/\s']+/load-\d+\.json)", output)))
-    assert files, output[-3000:]
-    summaries = [json.loads(Path(f).read_text()) for f in files]
-    return {k: sum(s[k] for s in summaries) for k in ("requests", "ok", "failed", "no_backend")}
+pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("stack_serving")]
 
 
 def _step_lines(output: str) -> list[str]:
@@ -77,7 +44,7 @@ def test_good_version_goes_5_25_100_and_becomes_active(tmp_path):
     old_slot = stable_slot()
     old = served_version(old_slot)
     version = next_version()
-    run = _release(make_version(tmp_path, version))
+    run = release(make_version(tmp_path, version))
     assert run.returncode == 0, run.tail()
     out = run.output
     assert "canary step 1/3: 5 %: PASS" in out and "canary step 2/3: 25 %: PASS" in out, run.tail()
@@ -93,7 +60,7 @@ def test_good_version_goes_5_25_100_and_becomes_active(tmp_path):
     assert release_run and {e["run_id"] for e in trail} == {release_run}, trail
     deprecated = [e for e in registry_audit("legal_info", old) if e["action"] == "deprecate"]
     assert deprecated and deprecated[-1]["run_id"] == release_run and version in deprecated[-1]["reason"]
-    load = _load_summary(out)
+    load = load_summary(out)
     assert load["requests"] > 100 and load["failed"] == 0 and load["no_backend"] == 0, load
     report = re.search(r"report: (\S+\.md)", out)[1]
     text = Path(report).read_text()
@@ -104,7 +71,7 @@ def test_bad_version_is_aborted_by_itself(tmp_path):
     stable = stable_slot()
     good = served_version(stable)
     version = next_version()
-    run = _release(make_version(tmp_path, version, bad=True))
+    run = release(make_version(tmp_path, version, bad=True))
     out = run.output
     assert run.returncode != 0, run.tail()
     assert "canary step 1/3: 5 %: FAIL" in out or "canary step 2/3: 25 %: FAIL" in out, run.tail()
@@ -119,7 +86,7 @@ def test_bad_version_is_aborted_by_itself(tmp_path):
     trail = registry_audit("legal_info", version)
     assert [e["action"] for e in trail][-2:] == ["rollback_to_testing", "reject"]
     assert "failed" in trail[-1]["reason"] and "error rate" in trail[-1]["reason"], trail[-1]
-    load = _load_summary(out)
+    load = load_summary(out)
     assert load["no_backend"] == 0, load  # never a request without a server behind it
     assert load["requests"] > 50, load
 
@@ -133,7 +100,7 @@ def test_blue_green_switch_and_switch_back_under_load_lose_nothing(tmp_path):
     load = start_loadgen(summary_file)
     try:
         time.sleep(2)
-        run = _release(folder, "blue_green", "-e", "release_synthetic_load=false")
+        run = release(folder, "blue_green", "-e", "release_synthetic_load=false")
         assert run.returncode == 0, run.tail()
         green = stable_slot()
         assert green != blue and served_version(green) == version
@@ -160,17 +127,7 @@ def test_prometheus_stopped_mid_rollout_never_promotes(tmp_path):
     version = next_version()
     folder = make_version(tmp_path, version)
     log = tmp_path / "release.log"
-    command = [
-        str(Path(sys.executable).with_name("ansible-playbook")), "-i", "inventories/local", "playbooks/release.yml",
-        "-e", "agent=legal_info", "-e", "strategy=canary", "-e", f"source={folder}",
-    ]  # fmt: skip
-    env = {
-        "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
-        "ANSIBLE_NOCOLOR": "1",
-        "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin:/usr/sbin:/sbin",
-    }
-    with log.open("w") as handle:
-        proc = subprocess.Popen(command, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT, env=env)
+    proc = start_release(folder, log)
     stopped = False
     try:
         deadline = time.monotonic() + 240
