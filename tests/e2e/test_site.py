@@ -60,6 +60,36 @@ def test_postgresql_answers_as_the_registry_role():
     assert done.stdout.strip() == "registry|replica|on"
 
 
+def _replica_sender() -> str:
+    """pid|state of the WAL sender feeding the local replica (inventories/local/group_vars/all/dr.yml)."""
+    done = _run(
+        "runuser", "-u", "postgres", "--", "psql", "--no-psqlrc", "-At", "-c",
+        "SELECT pid || '|' || state FROM pg_stat_replication WHERE application_name = 'replica'",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_replica_reconnects_with_the_current_replication_password():
+    """The replica must reach the primary with the password this run set, not the one it was cloned with.
+
+    An established WAL stream outlives a password change; cutting it makes the replica log in again.
+    """
+    before = _replica_sender()
+    assert before.endswith("|streaming"), before
+    _run("runuser", "-u", "postgres", "--", "psql", "--no-psqlrc", "-At", "-c",
+         f"SELECT pg_terminate_backend({before.split('|')[0]})")  # fmt: skip
+    deadline = time.monotonic() + 60
+    now = _replica_sender()
+    while not (now.endswith("|streaming") and now != before) and time.monotonic() < deadline:
+        time.sleep(1)
+        now = _replica_sender()
+    assert now.endswith("|streaming") and now != before, (
+        f"the replica did not stream again within 60 s (WAL sender now: {now or 'none'}); "
+        "see /var/log/postgresql/postgresql-15-replica.log"
+    )
+
+
 def test_postgresql_runtime_role_owns_its_database():
     env = {**os.environ, "PGPASSWORD": local_secret("postgresql_runtime")}
     done = _run(
