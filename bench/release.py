@@ -37,6 +37,7 @@ from tests.e2e.ansible_run import run_playbook  # noqa: E402
 from tests.e2e.release_support import (  # noqa: E402
     make_version,
     next_version,
+    release,
     servers,
     stable_slot,
     start_loadgen,
@@ -69,19 +70,6 @@ class WeightWatcher(threading.Thread):
 
     def first(self, slot: str, test, after: float = 0.0) -> float | None:
         return next((t for t, w in self.changes if t >= after and test(w.get(slot, 0))), None)
-
-
-def release(folder: Path, strategy: str, *extra: str):
-    return run_playbook(
-        "playbooks/release.yml",
-        "-e",
-        "agent=legal_info",
-        "-e",
-        f"strategy={strategy}",
-        "-e",
-        f"source={folder}",
-        *extra,
-    )
 
 
 def bad_canary(work: Path, settings: dict) -> dict:

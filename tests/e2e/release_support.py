@@ -187,7 +187,7 @@ def release_args(folder: Path, strategy: str = "canary", *extra: str) -> list[st
         "-e",
         "agent=legal_info",
         "-e",
-        f"strategy={strategy}",
+        f"release_strategy={strategy}",
         "-e",
         f"source={folder}",
         *extra,

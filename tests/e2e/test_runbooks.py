@@ -17,6 +17,15 @@ import requests
 import yaml
 
 from tests.e2e.ansible_run import run_playbook
+from tests.e2e.release_support import (
+    make_version,
+    next_version,
+    registry_versions,
+    release,
+    served_version,
+    stable_slot,
+    stack_serving,  # noqa: F401 (a fixture, used by name)
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -156,3 +165,27 @@ def test_high_error_rate_reads_the_patterns_and_decides():
     assert findings["recent_deployments"] == []
     assert record["decision"] == "investigate"
     assert "investigate" in record["done"]
+
+
+@pytest.mark.usefixtures("stack_serving")
+def test_high_error_rate_rolls_back_a_recent_deployment(tmp_path):
+    # A blue-green release of a new version, then the runbook with a limit every error rate is over: the
+    # deployment is recent, so it decides to roll back and runs rollback.yml, which puts the old version back.
+    stable = stable_slot()
+    old = served_version(stable)
+    version = next_version()
+    run = release(make_version(tmp_path, version), "blue_green")
+    assert run.returncode == 0, run.tail()
+    assert stable_slot() != stable and served_version(stable_slot()) == version
+
+    run = run_playbook(
+        "playbooks/runbook_high_error_rate.yml", "-e", "agent=legal_info", "-e", "runbook_max_error_rate=-1"
+    )
+    assert run.returncode == 0, run.tail()
+    record = _record(run)
+    assert record["decision"] == "rollback", record
+    assert record["findings"]["recent_deployments"], record["findings"]
+    assert record["done"].startswith("rolled back"), record["done"]
+    assert stable_slot() == stable and served_version(stable) == old
+    states = registry_versions()
+    assert states[old] == "active" and states[version] == "deprecated", states
