@@ -153,14 +153,9 @@ from ansible_collections.chenu.agents.plugins.module_utils.registry import (
 )
 
 
-def default_actor():
-    import getpass
-    import os
-
-    return os.environ.get("AWX_USER_NAME") or getpass.getuser()
-
-
 def ensure(module):
+    from chenu_agents.lifecycle import default_actor
+
     p = module.params
     agent, holder, check = p["agent"], p["holder"], module.check_mode
     with open_registry(p["registry"]) as registry, registry_errors():
