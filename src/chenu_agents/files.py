@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
+
+_CHUNK = 1 << 20
 
 
 def atomic_write(path: str | os.PathLike[str], data: bytes, mode: int = 0o644) -> None:
@@ -47,3 +50,20 @@ def write_if_changed(path: str | os.PathLike[str], data: bytes, mode: int = 0o64
 def canonical_json(obj: object) -> bytes:
     """The one canonical JSON encoding: sorted keys, no whitespace. What is hashed or signed."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def file_digests(path: str | os.PathLike[str], algorithms: tuple[str, ...] = ("sha256",)) -> tuple[int, dict[str, str]]:
+    """Size and hex digests of a file in one read, 1 MiB at a time into one reused buffer.
+
+    md5 is allowed for what it is here (an S3 ETag to compare with), never for trust.
+    """
+    hashes = {name: hashlib.new(name, usedforsecurity=name != "md5") for name in algorithms}
+    buf = bytearray(_CHUNK)
+    view = memoryview(buf)
+    size = 0
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            size += n
+            for h in hashes.values():
+                h.update(view[:n])
+    return size, {name: h.hexdigest() for name, h in hashes.items()}

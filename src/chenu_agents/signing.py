@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import json
 import os
 import re
@@ -33,7 +32,7 @@ from .errors import (
     UnknownKey,
     VerificationError,
 )
-from .files import atomic_write, canonical_json
+from .files import atomic_write, canonical_json, file_digests
 from .keystore import KeyStore
 from .semver import compare as semver_compare
 from .semver import parse as semver_parse
@@ -42,7 +41,6 @@ from .trust import ALGORITHM, AcceptedVersions, TrustedKey, TrustStore, dump_jso
 STATEMENT_TYPE = "chenu.agents/statement/v1"
 CLOCK_SKEW = timedelta(minutes=5)
 DEFAULT_VALIDITY = timedelta(days=30)
-_CHUNK = 1 << 20
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 _FIELDS = ("agent", "version", "digest", "key_id", "issued_at", "expires_at")
 
@@ -101,14 +99,8 @@ class Statement:
 
 
 def file_digest(path: str | os.PathLike[str]) -> str:
-    """'sha256:<hex>' of a file, read in 1 MiB chunks into one reused buffer (no per-chunk allocation)."""
-    h = hashlib.sha256()
-    buf = bytearray(_CHUNK)
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as f:
-        while n := f.readinto(buf):
-            h.update(view[:n])
-    return "sha256:" + h.hexdigest()
+    """'sha256:<hex>' of a file (files.file_digests: 1 MiB chunks into one reused buffer)."""
+    return "sha256:" + file_digests(path)[1]["sha256"]
 
 
 def signature_path_for(bundle_path: str | os.PathLike[str]) -> Path:
