@@ -460,7 +460,10 @@ class Chain:
         messages: list[dict[str, Any]],
         tools: list[dict[str, Any]] | None = None,
         parameters: dict[str, Any] | None = None,
+        on_call: Callable[[str, bool, float], None] | None = None,
     ) -> ChainResult:
+        """The first answer of the chain; `on_call(provider spec, ok, seconds)` hears of every call made,
+        retries and fallbacks included (the runtime's per-provider metrics)."""
         parameters = {"timeout_s": self.timeout_s, **(parameters or {})}
         errors: list[str] = []
         attempts = 0
@@ -468,15 +471,20 @@ class Chain:
         for position, provider in enumerate(self.providers):
             for retry in range(self.retries + 1):
                 attempts += 1
+                started = time.perf_counter()
                 try:
                     completion = provider.complete(messages, tools, parameters)
                 except ProviderError as exc:
+                    if on_call is not None:
+                        on_call(provider.spec, False, time.perf_counter() - started)
                     last = exc
                     errors.append(str(exc))
                     if not exc.retryable or retry == self.retries:
                         break
                     self._sleep(min(self.backoff_max_s, self.backoff_s * 2**retry))
                     continue
+                if on_call is not None:
+                    on_call(provider.spec, True, time.perf_counter() - started)
                 return ChainResult(completion, provider.spec, position, attempts, tuple(errors))
         raise ProviderError(
             f"every provider failed after {attempts} attempts: " + " | ".join(errors[-len(self.providers) :]),

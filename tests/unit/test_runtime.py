@@ -294,7 +294,7 @@ def test_metrics_follow_the_contract(tmp_path: Path, world: dict, serve) -> None
     labels = {"agent": "legal_info", "version": "1.2.0", "slot": "blue"}
     assert srv.metric("chenu_agent_requests_total", **labels, code="200") == 1
     assert srv.metric("chenu_agent_request_duration_seconds_count", **labels) == 1
-    assert srv.metric("chenu_agent_request_duration_seconds_bucket", **labels, le="0.05") is not None
+    assert srv.metric("chenu_agent_request_duration_seconds_bucket", **labels, le="0.0625") is not None
     assert srv.metric("chenu_agent_tokens_total", **labels, kind="input") > 0
     families = {f.name: f for f in text_string_to_metric_families(srv.get("/metrics").text)}
     for name, kind in {
@@ -325,6 +325,11 @@ def test_fallback_is_counted_by_provider(tmp_path: Path, world: dict, serve) -> 
     data = srv.post("/v1/tasks", {"input": "Bonjour"}).json()
     assert (data["provider"], data["fallbacks"]) == ("scripted/legal_info", 1)
     assert srv.metric("chenu_agent_fallbacks_total", agent="legal_info", provider="scripted") == 1
+    # Per provider: the primary's failed call, the fallback's answer, and who answered the task.
+    assert srv.metric("chenu_agent_provider_calls_total", provider="openai/llama3.1:8b", outcome="error") == 1
+    assert srv.metric("chenu_agent_provider_calls_total", provider="scripted/legal_info", outcome="ok") == 1
+    assert srv.metric("chenu_agent_provider_call_duration_seconds_count", provider="openai/llama3.1:8b") == 1
+    assert srv.metric("chenu_agent_llm_answers_total", provider="scripted/legal_info") == 1
     assert srv.get("/health/ready").json()["checks"]["llm"]["ok"]  # the scripted fallback is loaded
 
 

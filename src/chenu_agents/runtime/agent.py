@@ -197,6 +197,7 @@ class LoadedAgent:
         session_id: str | None = None,
         attributes: dict[str, Any] | None = None,
         span: SpanFactory = _no_span,
+        on_provider_call: Callable[[str, bool, float], None] | None = None,
     ) -> TaskResult:
         messages = self.messages(text, session_id, attributes or {})
         tools = [t.for_model() for t in self.tools.values()] or None
@@ -205,7 +206,7 @@ class LoadedAgent:
         for round_no in range(1, self.max_rounds + 1):
             with span("llm.complete", agent=self.agent, version=self.version, round=round_no) as llm_span:
                 try:
-                    answer = self.chain.complete(messages, tools, self.parameters)
+                    answer = self.chain.complete(messages, tools, self.parameters, on_call=on_provider_call)
                 except ProviderError as exc:
                     raise TaskError(f"LLM chain failed: {exc}", status=502) from exc
                 llm_span.set_attribute("provider", answer.provider)

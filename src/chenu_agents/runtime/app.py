@@ -381,9 +381,11 @@ async def execute_task(rt: Runtime, agent: LoadedAgent, data: Any, *, transport:
         rt.metrics.in_flight.labels(rt.config.slot).inc()
         try:
             with rt.span("task", agent=agent.agent, version=agent.version, slot=rt.config.slot, transport=transport):
+                labels = rt.labels(agent)
                 result: TaskResult = await rt.in_thread(
-                    agent.run_task, text, rt.sandbox, session_id=session_id, attributes=attributes, span=rt.span
-                )
+                    agent.run_task, text, rt.sandbox, session_id=session_id, attributes=attributes, span=rt.span,
+                    on_provider_call=lambda *call: rt.metrics.provider_call(labels, *call),
+                )  # fmt: skip
         finally:
             rt.in_flight -= 1
             rt.metrics.in_flight.labels(rt.config.slot).dec()
@@ -411,6 +413,7 @@ def _observe(rt: Runtime, agent: LoadedAgent, result: TaskResult) -> None:
     m, labels = rt.metrics, rt.labels(agent)
     m.tokens.labels(*labels, "input").inc(result.input_tokens)
     m.tokens.labels(*labels, "output").inc(result.output_tokens)
+    m.answers.labels(*labels, result.provider).inc()
     if result.fallbacks:
         prefix = result.provider.partition("/")[0]
         m.fallbacks.labels(*labels, "openai_compatible" if prefix == "openai" else prefix).inc()
