@@ -263,24 +263,35 @@ def run(
         for case in tests:
             t0 = time.monotonic()
             status, answer = runtime.task(case["when"]["input"])
-            reply = answer.get("output") if status == 200 else answer.get("error", "")
-            called = [c["name"] for c in answer.get("tool_calls", [])]
-            problems = judge(case, str(reply or ""), called, ok=status == 200, constraints=constraints)
-            results.append(
-                {
-                    "test": case["path"],
-                    "kind": case["kind"],
-                    "scenario": case["scenario"],
-                    "category": case.get("category", "integration" if case["kind"] == "integration" else "unknown"),
-                    "input": case["when"]["input"],
-                    "passed": not problems,
-                    "problems": problems,
-                    "http_status": status,
-                    "tools_called": called,
-                    "duration_ms": round((time.monotonic() - t0) * 1000, 1),
-                }
-            )
+            results.append(check_answer(case, status, answer, constraints, time.monotonic() - t0))
         served = {k: runtime.ready.get(k) for k in ("agent", "version")}
+    return {**summarise(results), "agent": agent, "version": loaded.version, "served": served,
+            "constraints": constraints, "duration_s": round(time.monotonic() - started, 2)}  # fmt: skip
+
+
+def check_answer(
+    case: Mapping[str, Any], status: int, answer: Mapping[str, Any], constraints: Iterable[str], seconds: float
+) -> dict[str, Any]:
+    """One test's result from the runtime's answer to its input (HTTP status and JSON body)."""
+    reply = answer.get("output") if status == 200 else answer.get("error", "")
+    called = [c["name"] for c in answer.get("tool_calls", []) if isinstance(c, Mapping) and "name" in c]
+    problems = judge(case, str(reply or ""), called, ok=status == 200, constraints=constraints)
+    return {
+        "test": case["path"],
+        "kind": case["kind"],
+        "scenario": case["scenario"],
+        "category": case.get("category", "integration" if case["kind"] == "integration" else "unknown"),
+        "input": case["when"]["input"],
+        "passed": not problems,
+        "problems": problems,
+        "http_status": status,
+        "tools_called": called,
+        "duration_ms": round(seconds * 1000, 1),
+    }
+
+
+def summarise(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The report's totals over `results` (check_answer's)."""
     failed = [r for r in results if not r["passed"]]
     by_category: dict[str, dict[str, int]] = {}
     for r in results:
@@ -292,16 +303,57 @@ def run(
     return {
         "passed": not failed,
         "summary": summary,
-        "agent": agent,
-        "version": loaded.version,
-        "served": served,
         "total": len(results),
         "failed": len(failed),
         "by_category": by_category,
-        "constraints": constraints,
         "results": results,
-        "duration_s": round(time.monotonic() - started, 2),
     }
+
+
+def smoke(
+    bundle: str | os.PathLike[str],
+    url: str,
+    token: str,
+    *,
+    categories: Iterable[str] = ("happy_path", "security"),
+    timeout: float = 30,
+) -> dict[str, Any]:
+    """The bundle's tests of `categories` sent to a runtime already serving it at `url` (a release's
+    candidate slot, straight to its port), judged as `run` judges them."""
+    import urllib.error
+    import urllib.request
+
+    from . import bundle as bundle_mod
+
+    started = time.monotonic()
+    loaded = bundle_mod.read(bundle)
+    config = _yaml(loaded.files["config.yaml"], "config.yaml")["agent"]
+    constraints = list(config.get("constraints") or [])
+    wanted = set(categories)
+    results = []
+    for case in (c for c in cases(loaded.files) if c.get("category") in wanted):
+        t0 = time.monotonic()
+        request = urllib.request.Request(  # noqa: S310 (the slot's URL, from the inventory)
+            f"{url.rstrip('/')}/v1/tasks",
+            data=json.dumps({"input": case["when"]["input"]}).encode(),
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+            method="POST",
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as answer:  # noqa: S310
+                status, body = answer.status, answer.read()
+        except urllib.error.HTTPError as exc:
+            status, body = exc.code, exc.read()
+        except (urllib.error.URLError, OSError) as exc:
+            status, body = -1, json.dumps({"error": f"no answer ({exc})"}).encode()
+        try:
+            parsed = json.loads(body or b"{}")
+        except ValueError:
+            parsed = {"error": body.decode("utf-8", "replace")}
+        results.append(check_answer(case, status, parsed if isinstance(parsed, dict) else {}, constraints,
+                                    time.monotonic() - t0))  # fmt: skip
+    return {**summarise(results), "agent": loaded.agent, "version": loaded.version, "url": url,
+            "duration_s": round(time.monotonic() - started, 2)}  # fmt: skip
 
 
 def bundle_surface(bundle: str | os.PathLike[str]) -> dict[str, Any]:
@@ -381,6 +433,16 @@ def new_surface(registry: Any, agent: str, version: str, surface: Mapping[str, A
     return {key: sorted(set(surface[key]) - set(before[key])) for key in before}
 
 
+def approval_extra_vars(capabilities: list[str], tools: list[str], missing: Mapping[str, list[str]]) -> str:
+    """The extra vars (JSON) an operator adds to approve what is missing on top of what was approved already."""
+    return json.dumps(
+        {
+            "approved_capabilities": sorted({*capabilities, *missing.get("capabilities", [])}),
+            "approved_tools": sorted({*tools, *missing.get("tools", [])}),
+        }
+    )
+
+
 def recorded_report(registry: Any, agent: str, version: str, digest: str) -> dict[str, Any] | None:
     """The latest test report in the version's audit trail for this digest (validate or test), if any."""
     for entry in reversed(registry.audit(agent, version)):
@@ -438,15 +500,19 @@ def gates(
             new = new_surface(registry, request.agent, request.version, surface)
             approved = {"capabilities": set(request.approved_capabilities), "tools": set(request.approved_tools)}
             report["new"] = new
-            for key, names in new.items():
-                missing = [n for n in names if n not in approved[key]]
-                if missing:
+            missing = {key: [n for n in names if n not in approved[key]] for key, names in new.items()}
+            for key, names in missing.items():
+                if names:
                     problems.append(
                         {
                             "field": f"approved_{key}",
-                            "expected": f"an explicit approval of the new {key} {', '.join(missing)}",
+                            "expected": f"an explicit approval of the new {key} {', '.join(names)}",
                         }
                     )
+            if any(missing.values()):
+                report["approve_with"] = approval_extra_vars(
+                    request.approved_capabilities, request.approved_tools, missing
+                )
         if not problems and run_tests:
             if check_mode:
                 report["tests"] = "not run in check mode"
@@ -474,6 +540,8 @@ def gates(
         report["problems"] = problems
         report["passed"] = not problems
         report["summary"] = "; ".join(f"{p['field']}: {p['expected']}" for p in problems) or "passed"
+        if report.get("approve_with"):
+            report["summary"] += f". To approve them, add: -e '{report['approve_with']}'"
         return report
 
     return {

@@ -166,10 +166,28 @@ def stop_loadgen(proc: subprocess.Popen, out: Path) -> dict:
     return json.loads(out.read_text())
 
 
+def ensure_serving() -> None:
+    """Both slots running and one of them taking the traffic, whatever earlier runs left (on a machine
+    where nothing was ever deployed, neither slot runs): a slot that does not run gets the example
+    through deploy.yml, which also routes the traffic to it."""
+    status = supervisor_status()
+    for slot in SLOT_PORTS:
+        if status.get(f"chenu-agent-legal_info-{slot}") != "RUNNING":
+            run = run_playbook("playbooks/deploy.yml", "-e", f"slot={slot}", "-e", "allow_rollback=true")
+            if run.returncode != 0:
+                pytest.fail(f"deploy.yml into {slot} failed (rc={run.returncode}):\n{run.tail()}", pytrace=False)
+    state = servers()
+    stable = stable_slot()
+    if state[stable]["weight"] == 0:
+        set_weights({stable: 100})
+
+
 @pytest.fixture
 def stack_serving(site_run):
     """Before and after a test: both slots run, HAProxy sends everything to one of them, up. Release test
-    modules use it as `pytestmark = pytest.mark.usefixtures("stack_serving")`."""
+    modules use it as `pytestmark = pytest.mark.usefixtures("stack_serving")`; before the test, it
+    makes that so when nothing was deployed yet."""
+    ensure_serving()
     for when in ("before", "after"):
         status = supervisor_status()
         assert all(status.get(f"chenu-agent-legal_info-{s}") == "RUNNING" for s in ("blue", "green")), (when, status)

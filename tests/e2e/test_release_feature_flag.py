@@ -35,7 +35,12 @@ pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("stack_serving")]
 
 
 def flag() -> dict:
-    return json.loads(open(FLAGS_FILE, encoding="utf-8").read())["flags"].get("legal_info.release", {})
+    """The agent's release flag as the runtime reads it: {} before any feature-flag release wrote the file."""
+    try:
+        text = open(FLAGS_FILE, encoding="utf-8").read()
+    except FileNotFoundError:
+        return {}
+    return json.loads(text)["flags"].get("legal_info.release") or {}
 
 
 def ask(session: str | None, groups: str | None) -> tuple[str, str]:
@@ -66,7 +71,7 @@ def test_feature_flag_release_internal_beta_all_with_sticky_sessions(tmp_path):
         while proc.poll() is None:
             assert time.monotonic() < deadline, log.read_text()[-4000:]
             current = flag()
-            if current.get("variant", {}).get("version") == version:
+            if (current.get("variant") or {}).get("version") == version:
                 stage = current["stage"]
                 if not stages or stages[-1] != stage:
                     stages.append(stage)

@@ -4,6 +4,8 @@ capability or tool; validate and approve through the registry (real PostgreSQL).
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
 from pathlib import Path
 
@@ -156,18 +158,13 @@ def test_gates_through_the_registry(world, settings):
         with pytest.raises(LifecycleError) as err:
             apply(reg, Request("legal_info", "1.2.0", action="approve"), gates=gates)
         assert "approved_capabilities" in str(err.value) and "legal_deadline_calculation" in str(err.value)
+        # The refusal tells the operator the exact extra vars that approve it; with them, approve passes.
         surface = agent_tests.bundle_surface(world["good"])
-        approved = apply(
-            reg,
-            Request(
-                "legal_info",
-                "1.2.0",
-                action="approve",
-                approved_capabilities=surface["capabilities"],
-                approved_tools=surface["tools"],
-            ),
-            gates=gates,
-        )
+        hint = re.search(r"add: -e '(\{.*\})'", str(err.value))
+        assert hint, str(err.value)
+        extra_vars = json.loads(hint[1])
+        assert extra_vars == {"approved_capabilities": surface["capabilities"], "approved_tools": surface["tools"]}
+        approved = apply(reg, Request("legal_info", "1.2.0", action="approve", **extra_vars), gates=gates)
         assert approved.state == "staged"
 
         # 1.3.0 adds a capability and a tool: refused naming them until approved.
@@ -179,7 +176,10 @@ def test_gates_through_the_registry(world, settings):
                 Request("legal_info", "1.3.0", action="approve", approved_capabilities=["contract_drafting"]),
                 gates=gates,
             )
-        assert "lookup_legal_topic_v2" in str(err.value) and "contract_drafting" not in str(err.value)
+        refusal, _, hint = str(err.value).partition("To approve them")
+        assert "lookup_legal_topic_v2" in refusal and "contract_drafting" not in refusal
+        # The hint keeps what was approved already: extra vars replace, they do not add up.
+        assert '"approved_capabilities": ["contract_drafting"]' in hint and "lookup_legal_topic_v2" in hint
         assert reg.version("legal_info", "1.3.0").state == "testing"
         ok = apply(
             reg,
