@@ -10,13 +10,19 @@ module: rollout_analysis
 short_description: Judge a canary agent slot on Prometheus metrics, or read an agent's error budget
 version_added: 0.1.0
 description:
-  - With O(check=rollout) (the default), reads the agent runtime's C(chenu_agent_requests_total) and
-    C(chenu_agent_request_duration_seconds) series of the O(canary) slot, and of the O(baseline) slot,
-    over the last O(window) seconds, and gives a verdict C(pass), C(fail) or C(inconclusive).
-  - C(fail) when the canary's error rate is above O(max_error_rate), its O(latency_quantile) latency above
-    O(max_latency_ratio) times the baseline's, or when a one-sided Mann-Whitney U test (Kayenta's judge)
-    finds its per-step error ratio or latency significantly higher than the baseline's (p below O(alpha))
-    by more than O(error_rate_tolerance) or O(latency_tolerance).
+  - With O(check=rollout) (the default), reads the agent runtime's series (requests by code, the request
+    duration histogram, tokens, the provider that answered, fallbacks) of the O(canary) slot, and of the
+    O(baseline) slot, over the last O(window) seconds, and gives a verdict C(pass), C(fail) or
+    C(inconclusive), with the criteria that decided it in RV(decided_by).
+  - C(fail) when the canary's error rate is above O(max_error_rate) (criterion C(errors)); its
+    O(latency_quantile) latency above O(max_latency_ratio) times the baseline's with significantly more
+    of its requests slower than that limit than the quantile allows (C(latency), binomial test); its error
+    ratio above the baseline's by more than O(error_rate_tolerance) by a one-sided Fisher exact test
+    (C(errors_vs_stable)); its requests ranked slower than the baseline's by a one-sided Mann-Whitney U
+    test over every request of the window, with a ratio of medians above O(latency_tolerance)
+    (C(latency_shift)); its tokens per answered task above O(max_token_ratio) times the baseline's
+    (C(token_cost)); or its share of tasks answered by a fallback LLM provider above the baseline's by
+    more than O(fallback_tolerance) (C(fallbacks), Fisher exact test).
   - C(inconclusive) when the canary served fewer than O(min_requests) requests (or the baseline fewer
     than O(min_baseline_requests)), or when Prometheus cannot be queried. Thin traffic and missing
     metrics never give C(pass). A flood of errors among few requests still fails (binomial test).
@@ -102,29 +108,35 @@ options:
     type: str
     default: 5..
   alpha:
-    description: Significance level of the one-sided Mann-Whitney U tests.
+    description: Significance level of the one-sided tests (binomial, Fisher exact, Mann-Whitney U).
     type: float
     default: 0.05
   error_rate_tolerance:
-    description: Shift of the canary's per-step error ratio over the baseline's (absolute, 0.01 = 1 point)
+    description: Difference of the canary's error ratio over the baseline's (absolute, 0.01 = 1 point)
       tolerated even when significant.
     type: float
     default: 0.01
   latency_tolerance:
-    description: Ratio of the canary's median per-step latency to the baseline's tolerated even when
-      significant.
+    description: Ratio of the canary's median latency to the baseline's tolerated by the Mann-Whitney test
+      even when significant; by default O(max_latency_ratio).
     type: float
-    default: 1.2
+  max_token_ratio:
+    description: Highest acceptable ratio of the canary's LLM tokens (input and output) per answered task
+      to the baseline's over the same window.
+    type: float
+    default: 1.5
+  fallback_tolerance:
+    description: Share of tasks answered by a fallback LLM provider that the canary may have above the
+      baseline's (0.05 = 5 points) even when the difference is significant.
+    type: float
+    default: 0.05
   scrape_interval:
-    description: The runtime targets' scrape interval in Prometheus, in seconds; sizes the per-step rates.
+    description: The runtime targets' scrape interval in Prometheus, in seconds (a window shorter than two
+      scrapes sees no increase).
     type: float
     default: 15.0
-  step:
-    description: Seconds between the points of the per-step series; by default the larger of the scrape
-      interval and a thirtieth of the window.
-    type: float
   min_points:
-    description: Fewest finite points per series for a Mann-Whitney test.
+    description: Fewest requests on each side for the Mann-Whitney test.
     type: int
     default: 5
   duration:
@@ -157,7 +169,8 @@ attributes:
 requirements:
   - chenu_agents (the Python package of this collection), with requests, numpy and scipy
 notes:
-  - Latency quantiles come from histogram buckets, so two latencies inside one bucket look alike.
+  - Latency quantiles come from the runtime's histogram buckets (growth 2^(1/8), 1 ms to 64 s), good to
+    within 9 %; a runtime with another bucket layout is compared on the bounds both share.
   - See docs/analysis.md in the collection for the judge and how it compares to Argo Rollouts, Flagger
     and Kayenta.
 seealso:
@@ -204,11 +217,28 @@ reasons:
   type: list
   elements: str
   sample: ["canary error rate 19.8 % > 5 % over 30 s (412 requests, 82 errors)"]
+decided_by:
+  description:
+    - The criteria that gave the verdict, most telling first (C(errors), C(latency), C(errors_vs_stable),
+      C(latency_shift), C(token_cost), C(fallbacks); C(traffic), C(baseline_traffic) or C(prometheus) for an
+      inconclusive). Empty for a pass, which every criterion judged passed.
+  returned: O(check=rollout)
+  type: list
+  elements: str
+  sample: [latency, latency_shift]
+criteria:
+  description: The last check's criteria, each with C(criterion), C(verdict) and C(reason).
+  returned: O(check=rollout)
+  type: list
+  elements: dict
 canary:
   description:
     - The canary's numbers over the last check's window, null when Prometheus could not be queried.
     - Keys C(slot), C(version), C(requests), C(errors), C(error_rate), C(by_code), C(latency_p50),
-      C(latency_p95), C(latency_p99) (seconds; null without requests).
+      C(latency_p95), C(latency_p99) (seconds, from the buckets; null without requests), C(latency_mean)
+      (exact, from the durations' sum and count), C(answered), C(answered_by) (tasks by the LLM
+      provider/model that answered), C(tokens_input), C(tokens_output), C(tokens_per_task), C(fallbacks),
+      C(fallback_rate).
   returned: O(check=rollout)
   type: dict
 baseline:
@@ -217,15 +247,18 @@ baseline:
   type: dict
 comparison:
   description:
-    - Mann-Whitney U tests per metric (C(error_rate), C(latency)), each with C(u), C(p_value)
-      (one-sided, canary higher), C(shift) (Hodges-Lehmann), C(effect), C(direction), C(median_canary),
-      C(median_baseline), C(n_canary), C(n_baseline), C(significant), C(worse), C(status) (C(ok) or
-      C(insufficient)). Null without O(baseline).
+    - The tests against the baseline over the window's requests, null without O(baseline).
+      C(error_rate) and C(fallbacks) (Fisher exact, one-sided) with C(canary), C(baseline), C(p_value),
+      C(effect) (difference of shares), C(significant), C(worse), C(status);
+      C(latency) (Mann-Whitney U over the buckets) with C(u), C(p_value), C(superiority) (share of pairs
+      where the canary was slower), C(median_canary), C(median_baseline), C(effect) (ratio of medians),
+      C(n_canary), C(n_baseline), C(significant), C(worse), C(status) (C(ok) or C(insufficient));
+      C(latency_tail) (binomial) with C(limit), C(slower), C(n), C(share), C(p_value), C(significant).
   returned: O(check=rollout)
   type: dict
 checks:
-  description: Every check, each with C(at), C(window), C(verdict), C(reasons), C(canary), C(baseline),
-    C(comparison).
+  description: Every check, each with C(at), C(window), C(verdict), C(reasons), C(decided_by), C(criteria),
+    C(canary), C(baseline), C(comparison).
   returned: O(check=rollout)
   type: list
   elements: dict
@@ -279,7 +312,7 @@ def analyse(module):
             for key in (
                 "window", "max_error_rate", "max_latency_ratio", "latency_quantile", "min_requests",
                 "min_baseline_requests", "error_codes", "alpha", "error_rate_tolerance", "latency_tolerance",
-                "scrape_interval", "step", "min_points",
+                "max_token_ratio", "fallback_tolerance", "scrape_interval", "min_points",
             )
         },
     )  # fmt: skip
@@ -308,9 +341,10 @@ def main():
             error_codes=dict(type="str", default="5.."),
             alpha=dict(type="float", default=0.05),
             error_rate_tolerance=dict(type="float", default=0.01),
-            latency_tolerance=dict(type="float", default=1.2),
+            latency_tolerance=dict(type="float"),
+            max_token_ratio=dict(type="float", default=1.5),
+            fallback_tolerance=dict(type="float", default=0.05),
             scrape_interval=dict(type="float", default=15.0),
-            step=dict(type="float"),
             min_points=dict(type="int", default=5),
             duration=dict(type="float", default=0),
             interval=dict(type="float", default=10),

@@ -1,15 +1,24 @@
 """Rollout analysis: judge a canary slot on Prometheus metrics, against thresholds and against stable.
 
-One check reads, over the last `window` seconds, the runtime's `chenu_agent_requests_total` and
-`chenu_agent_request_duration_seconds` series (roles/monitoring/README.md) of the canary slot and of the
-baseline slot, and gives a verdict:
+One check reads, over the last `window` seconds, the runtime's series (roles/monitoring/README.md) of the
+canary slot and of the baseline slot: requests by code, the request duration histogram (its buckets
+counted per request, not only its quantiles), tokens, the provider that answered and fallbacks. Each
+criterion gives its own verdict and sentence; the check's verdict is the worst of them, and
+`decided_by` names the criteria that made it:
 
-- `fail` when the canary's error rate is above `max_error_rate`, its latency quantile above
-  `max_latency_ratio` times the baseline's, or when a Mann-Whitney U test (Kayenta's judge) finds its
-  per-step error ratio or latency significantly higher than the baseline's by more than a tolerance;
-- `inconclusive` when there is not enough traffic to judge (fewer than `min_requests`), or Prometheus
-  cannot be queried: never a pass for want of data;
-- `pass` otherwise.
+- `errors`: the canary's error rate above `max_error_rate` (a binomial test when it had few requests);
+- `latency`: its `latency_quantile` (p95) above `max_latency_ratio` times the baseline's, with the
+  excess significant: more canary requests slower than that limit than the quantile allows (binomial);
+- `errors_vs_stable`: its error ratio above the baseline's by more than `error_rate_tolerance`, by a
+  one-sided Fisher exact test over the window's requests;
+- `latency_shift`: its durations ranked above the baseline's by a one-sided Mann-Whitney U test over
+  the window's requests (from the histogram buckets, ties within a bucket), with a ratio of medians
+  above `latency_tolerance`;
+- `token_cost`: its tokens per answered task above `max_token_ratio` times the baseline's;
+- `fallbacks`: its share of tasks answered by a fallback provider above the baseline's by more than
+  `fallback_tolerance` (Fisher exact test);
+- `traffic`, `baseline_traffic`, `prometheus`: `inconclusive` when there is not enough to judge, never
+  a pass for want of data.
 
 `watch()` repeats the check every `interval` seconds for `duration` seconds and stops at the first fail.
 `error_budget()` reads the monitoring role's SLO series. docs/analysis.md explains the choices.
@@ -20,7 +29,7 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -31,8 +40,25 @@ from chenu_agents.errors import ChenuError, Problem
 
 REQUESTS = "chenu_agent_requests_total"
 BUCKETS = "chenu_agent_request_duration_seconds_bucket"
+DURATION_SUM = "chenu_agent_request_duration_seconds_sum"
+DURATION_COUNT = "chenu_agent_request_duration_seconds_count"
+TOKENS = "chenu_agent_tokens_total"
+ANSWERS = "chenu_agent_llm_answers_total"
+FALLBACKS = "chenu_agent_fallbacks_total"
 QUANTILES = (0.5, 0.95, 0.99)
 VERDICTS = ("pass", "fail", "inconclusive")
+# Every criterion a check can be decided by, in the order they are judged and reported.
+CRITERIA = {
+    "prometheus": "metrics",
+    "traffic": "canary traffic",
+    "errors": "error rate",
+    "baseline_traffic": "stable traffic",
+    "latency": "latency",
+    "errors_vs_stable": "error rate against stable",
+    "latency_shift": "latency shift against stable",
+    "token_cost": "token cost",
+    "fallbacks": "fallbacks",
+}
 
 
 class AnalysisError(ChenuError):
@@ -68,9 +94,10 @@ class Settings:
     error_codes: str = "5.."
     alpha: float = 0.05
     error_rate_tolerance: float = 0.01
-    latency_tolerance: float = 1.2
+    latency_tolerance: float | None = None
+    max_token_ratio: float = 1.5
+    fallback_tolerance: float = 0.05
     scrape_interval: float = 15.0
-    step: float | None = None
     min_points: int = 5
 
     def __post_init__(self) -> None:
@@ -88,9 +115,14 @@ class Settings:
         need(self.min_requests >= 1, "min_requests", "at least 1")
         need(0 < self.alpha < 1, "alpha", "a significance level in (0, 1), e.g. 0.05")
         need(self.error_rate_tolerance >= 0, "error_rate_tolerance", "a non-negative ratio")
-        need(self.latency_tolerance >= 1, "latency_tolerance", "a ratio of at least 1, e.g. 1.2")
+        need(
+            self.latency_tolerance is None or self.latency_tolerance >= 1,
+            "latency_tolerance",
+            "a ratio of at least 1, e.g. 2.0 (default: max_latency_ratio)",
+        )
+        need(self.max_token_ratio > 0, "max_token_ratio", "a positive ratio, e.g. 1.5")
+        need(0 <= self.fallback_tolerance <= 1, "fallback_tolerance", "a ratio in [0, 1], e.g. 0.05")
         need(self.scrape_interval > 0, "scrape_interval", "a positive number of seconds")
-        need(self.step is None or self.step > 0, "step", "a positive number of seconds")
         need(self.min_points >= 3, "min_points", "at least 3")
         try:
             re.compile(self.error_codes)
@@ -104,14 +136,9 @@ class Settings:
         return self.min_requests if self.min_baseline_requests is None else self.min_baseline_requests
 
     @property
-    def series_step(self) -> float:
-        """Resolution of the per-step series the Mann-Whitney test compares."""
-        return self.step or max(1.0, self.scrape_interval, self.window / 30)
-
-    @property
-    def rate_range(self) -> int:
-        """Range of each per-step rate(): at least four scrapes, so every step has samples."""
-        return math.ceil(max(self.series_step, 4 * self.scrape_interval))
+    def shift_tolerance(self) -> float:
+        """Ratio of medians the rank test tolerates: by default the latency limit itself."""
+        return self.max_latency_ratio if self.latency_tolerance is None else self.latency_tolerance
 
 
 class Prometheus:
@@ -169,10 +196,6 @@ def selector(agent: str, slot: Slot, extra: str = "") -> str:
     return "{" + ",".join(labels) + "}"
 
 
-def _finite(values: Sequence[float]) -> list[float]:
-    return [float(v) for v in values if v is not None and math.isfinite(v)]
-
-
 def _num(value: float | None, digits: int = 6) -> float | None:
     return None if value is None or not math.isfinite(value) else round(value, digits)
 
@@ -181,16 +204,82 @@ def _qname(q: float) -> str:
     return "latency_p" + f"{q * 100:g}".replace(".", "_")
 
 
-def slot_stats(prom: Prometheus, settings: Settings, slot: Slot, at: float) -> dict[str, Any]:
-    """Requests, errors, error rate and latency quantiles of one slot over the window ending at `at`."""
-    w = f"{settings.window}s"
-    by_code: dict[str, float] = {}
-    for labels, value in prom.query(f"sum by (code) (increase({REQUESTS}{selector(settings.agent, slot)}[{w}]))", at):
+@dataclass(frozen=True)
+class Histogram:
+    """A window's request durations as bucket counts: `bounds` (upper, ascending, the last +Inf) and the
+    number of requests in each bucket (not cumulative), rounded to whole requests."""
+
+    bounds: tuple[float, ...] = ()
+    counts: tuple[int, ...] = ()
+
+    @classmethod
+    def from_cumulative(cls, cumulative: dict[float, float]) -> Histogram:
+        """From `le -> cumulative count` (what `sum by (le) (increase(..._bucket[w]))` gives)."""
+        bounds = tuple(sorted(cumulative))
+        counts, below = [], 0.0
+        for le in bounds:
+            value = max(cumulative[le], below)  # counts extrapolated by increase() can dip: keep monotonic
+            counts.append(max(0, round(value - below)))
+            below = value
+        return cls(bounds, tuple(counts))
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts)
+
+    def quantile(self, q: float) -> float | None:
+        """As PromQL's histogram_quantile: linear inside the bucket the rank falls in."""
+        total = self.total
+        if total == 0:
+            return None
+        rank, below = q * total, 0
+        for i, (le, count) in enumerate(zip(self.bounds, self.counts, strict=True)):
+            if count and below + count >= rank:
+                if math.isinf(le):
+                    return self.bounds[i - 1] if i else None
+                lower = self.bounds[i - 1] if i else 0.0
+                return lower + (le - lower) * (rank - below) / count
+            below += count
+        return None
+
+    def above(self, threshold: float) -> int:
+        """Requests surely slower than `threshold`: those of the buckets whose lower bound is at least it
+        (a bucket straddling it is not counted, so the count errs towards the canary)."""
+        lowers = (0.0, *self.bounds[:-1])
+        return sum(c for lower, c in zip(lowers, self.counts, strict=True) if lower >= threshold)
+
+    def aligned(self, other: Histogram) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Both histograms' counts on the bounds they share (two bucket layouts: the coarser common one)."""
+        common = sorted(set(self.bounds) & set(other.bounds))
+
+        def regroup(h: Histogram) -> tuple[int, ...]:
+            out, i, acc = [], 0, 0
+            for le, count in zip(h.bounds, h.counts, strict=True):
+                acc += count
+                if i < len(common) and le == common[i]:
+                    out.append(acc)
+                    acc, i = 0, i + 1
+            return tuple(out)
+
+        return regroup(self), regroup(other)
+
+
+def _increase(prom: Prometheus, expr: str, at: float, by: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for labels, value in prom.query(f"sum by ({by}) (increase({expr}))", at):
         if math.isfinite(value):
-            by_code[labels.get("code", "")] = value
+            out[labels.get(by, "")] = value
+    return out
+
+
+def slot_stats(prom: Prometheus, settings: Settings, slot: Slot, at: float) -> dict[str, Any]:
+    """Requests, errors, latency (quantiles, mean, buckets), tokens and fallbacks of one slot over the
+    window ending at `at`. The bucket counts travel under `_histogram` (check() drops them)."""
+    w, sel = f"{settings.window}s", selector(settings.agent, slot)
+    by_code = _increase(prom, f"{REQUESTS}{sel}[{w}]", at, "code")
     pattern = re.compile(settings.error_codes)
     total = sum(by_code.values())
-    errors = sum(v for code, v in by_code.items() if pattern.fullmatch(code))
+    errors = min(total, sum(v for code, v in by_code.items() if pattern.fullmatch(code)))
     stats: dict[str, Any] = {
         "slot": slot.slot,
         "version": slot.version,
@@ -199,100 +288,133 @@ def slot_stats(prom: Prometheus, settings: Settings, slot: Slot, at: float) -> d
         "error_rate": _num(errors / total) if total > 0 else None,
         "by_code": {code: round(v) for code, v in sorted(by_code.items())},
     }
-    buckets = f"sum by (le) (rate({BUCKETS}{selector(settings.agent, slot)}[{w}]))"
+    buckets = f"sum by (le) (rate({BUCKETS}{sel}[{w}]))"
     for q in sorted({*QUANTILES, settings.latency_quantile}):
         result = prom.query(f"histogram_quantile({q:g}, {buckets})", at)
         stats[_qname(q)] = _num(result[0][1]) if result else None
+    # The mean is exact (sum and count of every duration), whatever the buckets.
+    mean = prom.query(f"sum(increase({DURATION_SUM}{sel}[{w}])) / sum(increase({DURATION_COUNT}{sel}[{w}]))", at)
+    stats["latency_mean"] = _num(mean[0][1]) if mean else None
+    cumulative = _increase(prom, f"{BUCKETS}{sel}[{w}]", at, "le")
+    stats["_histogram"] = Histogram.from_cumulative({float(le): v for le, v in cumulative.items()})
+    tokens = _increase(prom, f"{TOKENS}{sel}[{w}]", at, "kind")
+    answers = _increase(prom, f"{ANSWERS}{sel}[{w}]", at, "provider")
+    # A runtime from before chenu_agent_llm_answers_total: its 200s are its answered tasks.
+    answered = sum(answers.values()) if answers else sum(v for code, v in by_code.items() if code == "200")
+    fallbacks = sum(_increase(prom, f"{FALLBACKS}{sel}[{w}]", at, "slot").values())
+    stats.update(
+        answered=round(answered),
+        answered_by={p: round(v) for p, v in sorted(answers.items()) if round(v)},
+        tokens_input=round(tokens.get("input", 0.0)),
+        tokens_output=round(tokens.get("output", 0.0)),
+        tokens_per_task=_num((tokens.get("input", 0.0) + tokens.get("output", 0.0)) / answered) if answered else None,
+        fallbacks=round(min(fallbacks, answered)),
+        fallback_rate=_num(min(fallbacks, answered) / answered) if answered else None,
+    )
     return stats
 
 
-def slot_series(prom: Prometheus, settings: Settings, slot: Slot, at: float) -> dict[str, list[float]]:
-    """Per-step error ratio and latency quantile of one slot across the window (NaN steps dropped)."""
-    r = f"{settings.rate_range}s"
-    everything = f"sum(rate({REQUESTS}{selector(settings.agent, slot)}[{r}]))"
-    failing = f"sum(rate({REQUESTS}{selector(settings.agent, slot, f'code=~{_quote(settings.error_codes)}')}[{r}]))"
-    error_ratio = f"({failing} or 0 * {everything}) / {everything}"
-    latency = (
-        f"histogram_quantile({settings.latency_quantile:g}, "
-        f"sum by (le) (rate({BUCKETS}{selector(settings.agent, slot)}[{r}])))"
-    )
-    start = min(at, at - settings.window + settings.rate_range)
-    out = {}
-    for name, expr in (("error_rate", error_ratio), ("latency", latency)):
-        result = prom.query_range(expr, start, at, settings.series_step)
-        out[name] = _finite([point[1] for point in result[0][1]]) if result else []
-    return out
+def _p(value: float) -> float:
+    return float(f"{value:.4g}")
 
 
-def hodges_lehmann(canary: Sequence[float], baseline: Sequence[float]) -> float:
-    """Median of every pairwise difference canary - baseline: the shift Mann-Whitney tests for."""
-    import numpy as np
+def fisher(worse: tuple[int, int], better: tuple[int, int], *, alpha: float, tolerance: float) -> dict[str, Any]:
+    """One-sided Fisher exact test: is the share `worse` = (events, trials) higher than `better`'s?
 
-    return float(np.median(np.subtract.outer(np.asarray(canary), np.asarray(baseline))))
+    `worse` (the verdict) needs significance (p < alpha) and a difference of shares above `tolerance`.
+    """
+    from scipy.stats import fisher_exact
+
+    (ce, cn), (be, bn) = worse, better
+    ce, be = min(ce, cn), min(be, bn)
+    out: dict[str, Any] = {"test": "fisher", "n_canary": cn, "n_baseline": bn, "tolerance": tolerance}
+    if cn == 0 or bn == 0:
+        return {**out, "status": "insufficient", "p_value": None, "effect": None, "significant": False, "worse": False}
+    p = float(fisher_exact([[ce, cn - ce], [be, bn - be]], alternative="greater").pvalue)
+    diff = ce / cn - be / bn
+    return {
+        **out,
+        "status": "ok",
+        "canary": _num(ce / cn),
+        "baseline": _num(be / bn),
+        "p_value": _p(p),
+        "effect": _num(diff),
+        "significant": p < alpha,
+        "worse": p < alpha and diff > tolerance,
+    }
 
 
-def compare(
-    canary: Sequence[float],
-    baseline: Sequence[float],
-    *,
-    alpha: float = 0.05,
-    tolerance: float = 0.0,
-    relative: bool = False,
-    min_points: int = 5,
+def rank_test(
+    canary: Histogram, baseline: Histogram, *, alpha: float = 0.05, tolerance: float = 1.0, min_points: int = 5
 ) -> dict[str, Any]:
-    """One-sided Mann-Whitney U test: is the canary's series higher (worse) than the baseline's?
+    """One-sided Mann-Whitney U test on every request of the window: are the canary's durations ranked
+    above the baseline's? Requests in one bucket are ties (their order inside it is unknown).
 
-    NaN and infinite samples are dropped. `worse` needs both significance (p < alpha) and an effect
-    above `tolerance`: the Hodges-Lehmann shift when `relative` is false, the ratio of medians when true.
-    Fewer than `min_points` finite samples on a side gives status `insufficient` and no judgement.
+    U counts the (canary, baseline) pairs where the canary request was slower, ties counting half; the
+    p-value is the normal approximation with tie correction and continuity correction (scipy's
+    `mannwhitneyu(..., method="asymptotic")` on the same ranks gives the same). `worse` needs p < alpha
+    and the ratio of the two medians above `tolerance`.
     """
     import numpy as np
+    from scipy.stats import norm
 
-    c, b = _finite(canary), _finite(baseline)
+    c_counts, b_counts = canary.aligned(baseline)
+    c, b = np.asarray(c_counts, dtype=float), np.asarray(b_counts, dtype=float)
+    n1, n2 = float(c.sum()), float(b.sum())
     out: dict[str, Any] = {
-        "n_canary": len(c),
-        "n_baseline": len(b),
-        "median_canary": _num(float(np.median(c))) if c else None,
-        "median_baseline": _num(float(np.median(b))) if b else None,
+        "test": "mann_whitney",
+        "n_canary": int(n1),
+        "n_baseline": int(n2),
+        "median_canary": _num(canary.quantile(0.5)),
+        "median_baseline": _num(baseline.quantile(0.5)),
         "u": None,
         "p_value": None,
-        "shift": None,
         "effect": None,
-        "direction": None,
+        "superiority": None,
         "tolerance": tolerance,
-        "relative": relative,
         "significant": False,
         "worse": False,
         "status": "ok",
     }
-    if len(c) < min_points or len(b) < min_points:
+    if n1 < min_points or n2 < min_points:
         out["status"] = "insufficient"
         return out
-    shift = hodges_lehmann(c, b)
-    if len(set(c) | set(b)) == 1:  # every sample equal: no difference to test (scipy would say p = 1 too)
-        u, p = len(c) * len(b) / 2, 1.0
-    else:
-        from scipy.stats import mannwhitneyu
-
-        result = mannwhitneyu(c, b, alternative="greater")
-        u, p = float(result.statistic), float(result.pvalue)
-    mc, mb = float(np.median(c)), float(np.median(b))
-    if relative:
-        effect = mc / mb if mb > 0 else (math.inf if mc > 0 else 1.0)
-        beyond = effect > tolerance
-    else:
-        effect = shift
-        beyond = shift > tolerance
+    u = float(np.sum(c * (np.cumsum(b) - b + b / 2)))
+    n = n1 + n2
+    ties = c + b
+    var = n1 * n2 / 12 * ((n + 1) - float(np.sum(ties**3 - ties)) / (n * (n - 1)))
+    mean = n1 * n2 / 2
+    p = 1.0 if var <= 0 else float(norm.sf((u - mean - 0.5) / math.sqrt(var)))
+    mc, mb = out["median_canary"], out["median_baseline"]
+    effect = (mc / mb if mb else math.inf) if mc is not None and mb is not None else None
     out.update(
         u=_num(u),
-        p_value=float(f"{p:.4g}"),
-        shift=_num(shift),
-        effect=_num(effect) if math.isfinite(effect) else "inf",
-        direction="higher" if shift > 0 else "lower" if shift < 0 else "same",
+        p_value=_p(p),
+        superiority=_num(u / (n1 * n2), 3),
+        effect=None if effect is None else _num(effect, 3) if math.isfinite(effect) else "inf",
         significant=p < alpha,
-        worse=p < alpha and shift > 0 and beyond,
+        worse=p < alpha and effect is not None and effect > tolerance,
     )
     return out
+
+
+def tail_test(canary: Histogram, limit: float, quantile: float, *, alpha: float) -> dict[str, Any]:
+    """Is the canary's `quantile` above `limit`? Then more than (1 - quantile) of its requests are
+    slower than `limit`: a one-sided binomial test of the count of such requests against that share."""
+    from scipy.stats import binomtest
+
+    n, k = canary.total, canary.above(limit)
+    share = 1 - quantile
+    p = float(binomtest(k, n, share, alternative="greater").pvalue) if n else 1.0
+    return {
+        "test": "binomial",
+        "limit": _num(limit),
+        "slower": k,
+        "n": n,
+        "share": _num(share),
+        "p_value": _p(p),
+        "significant": p < alpha,
+    }
 
 
 def _pct(ratio: float) -> str:
@@ -305,90 +427,237 @@ def _secs(value: float | None) -> str:
     return f"{value * 1000:.3g} ms" if value < 1 else f"{value:.3g} s"
 
 
+@dataclass(frozen=True)
+class Judgement:
+    verdict: str
+    reasons: list[str]
+    criteria: list[dict[str, str]]  # {criterion, verdict, reason}, in CRITERIA order
+    decided_by: list[str]  # the criteria that gave the verdict (empty for a pass: every one passed)
+
+
 def judge(
     settings: Settings,
     canary: dict[str, Any],
     baseline: dict[str, Any] | None,
     comparison: dict[str, dict[str, Any]] | None = None,
-) -> tuple[str, list[str]]:
+) -> Judgement:
     """The verdict of one check from its numbers (pure): fail beats inconclusive beats pass."""
     from scipy.stats import binomtest
 
     w = f"{settings.window} s"
-    fails: list[str] = []
-    unsure: list[str] = []
-    fine: list[str] = []
+    found: list[tuple[str, str, str]] = []
+    comparison = comparison or {}
+
+    def say(criterion: str, verdict: str, sentence: str) -> None:
+        found.append((criterion, verdict, sentence))
+
     n, e = canary["requests"], canary["errors"]
-    name = "canary"
     if n < settings.min_requests:
         # Too few requests for a rate, but a flood of errors among them is already conclusive.
         if e > 0 and binomtest(min(e, n), n, settings.max_error_rate, alternative="greater").pvalue < settings.alpha:
-            fails.append(
-                f"{name} failed {e} of only {n} requests over {w}: an error rate above "
-                f"{_pct(settings.max_error_rate)} at p < {settings.alpha:g} (binomial test)"
+            say(
+                "errors",
+                "fail",
+                f"canary failed {e} of only {n} requests over {w}: an error rate above "
+                f"{_pct(settings.max_error_rate)} at p < {settings.alpha:g} (binomial test)",
             )
         else:
-            unsure.append(
-                f"{name} served {n} requests over {w}, fewer than the {settings.min_requests} needed for a verdict"
+            say(
+                "traffic",
+                "inconclusive",
+                f"canary served {n} requests over {w}, fewer than the {settings.min_requests} needed for a verdict",
             )
     else:
         rate = canary["error_rate"] or 0.0
         over = rate > settings.max_error_rate
-        (fails if over else fine).append(
-            f"{name} error rate {_pct(rate)} {'>' if over else '<='} {_pct(settings.max_error_rate)} over {w} "
-            f"({n} requests, {e} errors)"
+        say(
+            "errors",
+            "fail" if over else "pass",
+            f"canary error rate {_pct(rate)} {'>' if over else '<='} "
+            f"{_pct(settings.max_error_rate)} over {w} ({n} requests, {e} errors)",
         )
 
-    qkey, qlabel = _qname(settings.latency_quantile), f"p{settings.latency_quantile * 100:g}"
     if settings.baseline is not None and baseline is not None:
         bn = baseline["requests"]
         if bn < settings.baseline_min_requests:
-            unsure.append(
-                f"baseline {settings.baseline.describe()} served {bn} requests over {w}, fewer than the "
-                f"{settings.baseline_min_requests} needed to compare against it"
+            say(
+                "baseline_traffic",
+                "inconclusive",
+                f"baseline {settings.baseline.describe()} served {bn} requests "
+                f"over {w}, fewer than the {settings.baseline_min_requests} needed to compare against it",
             )
         elif n >= settings.min_requests:
-            cl, bl = canary.get(qkey), baseline.get(qkey)
-            if cl is None or bl is None or bl <= 0:
-                unsure.append(
-                    f"{qlabel} latency cannot be compared over {w} (canary {_secs(cl)}, baseline {_secs(bl)})"
+            _judge_latency(settings, canary, baseline, comparison.get("latency_tail"), say)
+            _judge_rank_tests(settings, comparison, say)
+            _judge_cost(settings, canary, baseline, say)
+    order = list(CRITERIA)
+    found.sort(key=lambda item: order.index(item[0]))
+    criteria = [{"criterion": c, "verdict": v, "reason": r} for c, v, r in found]
+    for verdict in ("fail", "inconclusive"):
+        deciding = [item for item in found if item[1] == verdict]
+        if deciding:
+            rest = [item for item in found if item[1] != verdict and (verdict == "fail" or item[1] == "pass")]
+            if verdict == "fail":
+                rest.sort(key=lambda item: item[1] != "inconclusive")
+            reasons = [r for _c, _v, r in deciding + rest]
+            return Judgement(verdict, reasons, criteria, list(dict.fromkeys(c for c, _v, _r in deciding)))
+    return Judgement("pass", [r for _c, _v, r in found], criteria, [])
+
+
+def _judge_latency(settings, canary, baseline, tail, say) -> None:
+    q = settings.latency_quantile
+    key, label = _qname(q), f"p{q * 100:g}"
+    cl, bl = canary.get(key), baseline.get(key)
+    w = f"{settings.window} s"
+    if cl is None or bl is None or bl <= 0:
+        say(
+            "latency",
+            "inconclusive",
+            f"{label} latency cannot be compared over {w} (canary {_secs(cl)}, baseline {_secs(bl)})",
+        )
+        return
+    ratio = cl / bl
+    sentence = (
+        f"canary {label} latency {_secs(cl)} is {ratio:.2f}x the baseline's {_secs(bl)} over {w} "
+        f"(limit {settings.max_latency_ratio:g}x)"
+    )
+    if ratio <= settings.max_latency_ratio:
+        say("latency", "pass", sentence)
+    elif tail is None or tail["significant"]:
+        extra = (
+            f": {tail['slower']} of {tail['n']} canary requests slower than {_secs(tail['limit'])}, more than "
+            f"{_pct(tail['share'])} at p={tail['p_value']:.3g} (binomial test)"
+            if tail
+            else ""
+        )
+        say("latency", "fail", sentence + extra)
+    else:
+        say(
+            "latency",
+            "pass",
+            f"{sentence}, but only {tail['slower']} of {tail['n']} canary requests slower than "
+            f"{_secs(tail['limit'])} (binomial p={tail['p_value']:.3g}): not significant yet",
+        )
+
+
+def _judge_rank_tests(settings, comparison, say) -> None:
+    w = f"{settings.window} s"
+    errs = comparison.get("error_rate")
+    if errs is not None:
+        if errs["status"] != "ok":
+            say("errors_vs_stable", "pass", f"error rate against stable: no requests to compare over {w}")
+        else:
+            stat = f"Fisher exact one-sided p={errs['p_value']:.3g}, difference {_pct(errs['effect'])}"
+            if errs["worse"]:
+                say(
+                    "errors_vs_stable",
+                    "fail",
+                    f"canary error rate {_pct(errs['canary'])} is significantly above "
+                    f"the baseline's {_pct(errs['baseline'])} ({stat}, tolerance {_pct(errs['tolerance'])})",
                 )
             else:
-                ratio = cl / bl
-                sentence = (
-                    f"{name} {qlabel} latency {_secs(cl)} is {ratio:.2f}x the baseline's {_secs(bl)} over {w} "
-                    f"(limit {settings.max_latency_ratio:g}x)"
+                say(
+                    "errors_vs_stable",
+                    "pass",
+                    f"canary error rate is not significantly above the baseline's "
+                    f"by more than {_pct(errs['tolerance'])} ({stat})",
                 )
-                (fails if ratio > settings.max_latency_ratio else fine).append(sentence)
-            for metric, result in (comparison or {}).items():
-                label = "error rate" if metric == "error_rate" else f"{qlabel} latency"
-                if result["status"] != "ok":
-                    fine.append(
-                        f"{label}: too few points for a Mann-Whitney test over {w} "
-                        f"({result['n_canary']} canary, {result['n_baseline']} baseline, {settings.min_points} needed)"
-                    )
-                    continue
-                size = (
-                    f"median ratio {result['effect']}x, tolerance {result['tolerance']:g}x"
-                    if result["relative"]
-                    else f"shift {_pct(result['shift'])}, tolerance {_pct(result['tolerance'])}"
+    lat = comparison.get("latency")
+    if lat is not None:
+        if lat["status"] != "ok":
+            say(
+                "latency_shift",
+                "pass",
+                f"latency shift: too few requests for a Mann-Whitney test over {w} "
+                f"({lat['n_canary']} canary, {lat['n_baseline']} baseline, {settings.min_points} needed)",
+            )
+        else:
+            stat = (
+                f"Mann-Whitney U={lat['u']:g} over {lat['n_canary']} canary and {lat['n_baseline']} baseline "
+                f"requests, one-sided p={lat['p_value']:.3g}; median {_secs(lat['median_canary'])} against "
+                f"{_secs(lat['median_baseline'])}, ratio {lat['effect']}x, tolerance {lat['tolerance']:g}x"
+            )
+            if lat["worse"]:
+                say("latency_shift", "fail", f"canary requests are significantly slower than the baseline's ({stat})")
+            elif lat["significant"]:
+                say(
+                    "latency_shift",
+                    "pass",
+                    f"canary requests are slower than the baseline's, within tolerance ({stat})",
                 )
-                stat = f"Mann-Whitney U={result['u']:g}, one-sided p={result['p_value']:.3g}"
-                if result["worse"]:
-                    fails.append(f"{name} {label} is significantly higher than the baseline's ({stat}, {size})")
-                elif result["significant"]:
-                    fine.append(f"{name} {label} is higher than the baseline's but within tolerance ({stat}, {size})")
-                else:
-                    fine.append(f"{name} {label} is not significantly higher than the baseline's ({stat})")
-    if fails:
-        return "fail", fails + unsure + fine
-    if unsure:
-        return "inconclusive", unsure + fine
-    return "pass", fine
+            else:
+                say(
+                    "latency_shift",
+                    "pass",
+                    f"canary requests are not significantly slower than the baseline's ({stat})",
+                )
+    fb = comparison.get("fallbacks")
+    if fb is not None and fb["status"] == "ok":
+        stat = f"Fisher exact one-sided p={fb['p_value']:.3g}, tolerance {_pct(fb['tolerance'])}"
+        if fb["worse"]:
+            say(
+                "fallbacks",
+                "fail",
+                f"canary tasks answered by a fallback provider: {_pct(fb['canary'])} against "
+                f"the baseline's {_pct(fb['baseline'])} ({stat})",
+            )
+        else:
+            say(
+                "fallbacks",
+                "pass",
+                f"fallback providers answered {_pct(fb['canary'])} of the canary's tasks and "
+                f"{_pct(fb['baseline'])} of the baseline's ({stat})",
+            )
+
+
+def _judge_cost(settings, canary, baseline, say) -> None:
+    ct, bt = canary.get("tokens_per_task"), baseline.get("tokens_per_task")
+    w, limit = f"{settings.window} s", settings.max_token_ratio
+    if ct is None or bt is None:
+        return  # no answered task on a side (or no token series): nothing to price
+    if bt <= 0:
+        verdict = "fail" if ct > 0 else "pass"
+        say("token_cost", verdict, f"canary uses {ct:.4g} tokens per task, the baseline none over {w}")
+        return
+    ratio = ct / bt
+    say(
+        "token_cost",
+        "fail" if ratio > limit else "pass",
+        f"canary uses {ct:.4g} tokens per task "
+        f"({canary.get('tokens_input', 0)} in, {canary.get('tokens_output', 0)} out over {canary.get('answered')} "
+        f"tasks), {ratio:.2f}x the baseline's {bt:.4g} over {w} (limit {limit:g}x)",
+    )
 
 
 def _iso(at: float) -> str:
     return datetime.fromtimestamp(at, tz=UTC).isoformat(timespec="seconds")
+
+
+def compare_slots(settings: Settings, canary: dict[str, Any], baseline: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The comparisons against stable over the window's requests (pure, from slot_stats' numbers)."""
+    ch, bh = canary["_histogram"], baseline["_histogram"]
+    out = {
+        "error_rate": fisher(
+            (canary["errors"], canary["requests"]),
+            (baseline["errors"], baseline["requests"]),
+            alpha=settings.alpha,
+            tolerance=settings.error_rate_tolerance,
+        ),
+        "latency": rank_test(
+            ch, bh, alpha=settings.alpha, tolerance=settings.shift_tolerance, min_points=settings.min_points
+        ),
+        "fallbacks": fisher(
+            (canary["fallbacks"], canary["answered"]),
+            (baseline["fallbacks"], baseline["answered"]),
+            alpha=settings.alpha,
+            tolerance=settings.fallback_tolerance,
+        ),
+    }
+    bl = baseline.get(_qname(settings.latency_quantile))
+    if bl:
+        limit = settings.max_latency_ratio * bl
+        out["latency_tail"] = tail_test(ch, limit, settings.latency_quantile, alpha=settings.alpha)
+    return out
 
 
 def check(prom: Prometheus, settings: Settings, at: float | None = None) -> dict[str, Any]:
@@ -400,22 +669,30 @@ def check(prom: Prometheus, settings: Settings, at: float | None = None) -> dict
         baseline = comparison = None
         if settings.baseline is not None:
             baseline = slot_stats(prom, settings, settings.baseline, at)
-            cs = slot_series(prom, settings, settings.canary, at)
-            bs = slot_series(prom, settings, settings.baseline, at)
-            common = {"alpha": settings.alpha, "min_points": settings.min_points}
-            comparison = {
-                "error_rate": compare(
-                    cs["error_rate"], bs["error_rate"], tolerance=settings.error_rate_tolerance, **common
-                ),
-                "latency": compare(
-                    cs["latency"], bs["latency"], tolerance=settings.latency_tolerance, relative=True, **common
-                ),
-            }
+            comparison = compare_slots(settings, canary, baseline)
     except PrometheusUnavailable as exc:
-        result.update(verdict="inconclusive", reasons=[f"{exc}: no verdict without metrics"], comparison=None)
+        reason = f"{exc}: no verdict without metrics"
+        result.update(
+            verdict="inconclusive",
+            reasons=[reason],
+            comparison=None,
+            decided_by=["prometheus"],
+            criteria=[{"criterion": "prometheus", "verdict": "inconclusive", "reason": reason}],
+        )
         return result
-    verdict, reasons = judge(settings, canary, baseline, comparison)
-    result.update(canary=canary, baseline=baseline, comparison=comparison, verdict=verdict, reasons=reasons)
+    judged = judge(settings, canary, baseline, comparison)
+    for stats in (canary, baseline):
+        if stats is not None:
+            stats.pop("_histogram", None)
+    result.update(
+        canary=canary,
+        baseline=baseline,
+        comparison=comparison,
+        verdict=judged.verdict,
+        reasons=judged.reasons,
+        decided_by=judged.decided_by,
+        criteria=judged.criteria,
+    )
     return result
 
 
@@ -426,6 +703,7 @@ class Watch:
     verdict: str
     reasons: list[str]
     checks: list[dict[str, Any]] = field(default_factory=list)
+    decided_by: list[str] = field(default_factory=list)
     started: str = ""
     ended: str = ""
     elapsed: float = 0.0
@@ -436,6 +714,8 @@ class Watch:
         return {
             "verdict": self.verdict,
             "reasons": self.reasons,
+            "decided_by": self.decided_by,
+            "criteria": last.get("criteria", []),
             "canary": last.get("canary"),
             "baseline": last.get("baseline"),
             "comparison": last.get("comparison"),
@@ -484,6 +764,7 @@ def watch(
         if on_check is not None:
             on_check(result)
         out.verdict, out.reasons = result["verdict"], list(result["reasons"])
+        out.decided_by = list(result.get("decided_by") or [])
         if result["verdict"] == "fail":
             out.ended_early = offset < offsets[-1]
             break
