@@ -9,6 +9,8 @@ process; `Traffic` threads feed it requests at a steady rate with a chosen error
 from __future__ import annotations
 
 import contextlib
+import math
+import random
 import shutil
 import socket
 import subprocess
@@ -46,10 +48,13 @@ class Exporter:
 
 @dataclass
 class Traffic:
-    """One slot's requests: `rate` per second, an `error_ratio` of them 500, each taking `latency` s.
+    """One slot's requests: `rate` per second, an `error_ratio` of them 500, each taking `latency` s
+    (times a log-normal factor of spread `jitter`, seeded). Each answered one used `tokens` LLM tokens
+    (a fifth of them output), and a `fallback_ratio` of those were answered by the fallback provider.
 
-    Errors are spread evenly (request n fails when floor(n * ratio) steps up), so the numbers are
-    exact rather than random. Change the attributes while it runs to change the slot's behaviour.
+    Errors and fallbacks are spread evenly (request n fails when floor(n * ratio) steps up), so the
+    numbers are exact rather than random. Change the attributes while it runs to change the slot's
+    behaviour.
     """
 
     metrics: Metrics
@@ -59,10 +64,14 @@ class Traffic:
     rate: float = 20.0
     error_ratio: float = 0.0
     latency: float = 0.03
+    jitter: float = 0.0
+    tokens: int = 100
+    fallback_ratio: float = 0.0
     sent: int = 0
     _stop: threading.Event = field(default_factory=threading.Event)
 
     def start(self) -> Traffic:
+        self._rng = random.Random(f"{self.agent}/{self.slot}")
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         return self
@@ -79,7 +88,15 @@ class Traffic:
             failed = int((n + 1) * self.error_ratio) > int(n * self.error_ratio)
             labels = dict(agent=self.agent, version=self.version, slot=self.slot)
             self.metrics.requests.labels(**labels, code="500" if failed else "200").inc()
-            self.metrics.duration.labels(**labels).observe(self.latency)
+            factor = math.exp(self._rng.gauss(0, self.jitter)) if self.jitter else 1.0
+            self.metrics.duration.labels(**labels).observe(self.latency * factor)
+            if not failed:
+                fallback = int((n + 1) * self.fallback_ratio) > int(n * self.fallback_ratio)
+                self.metrics.tokens.labels(**labels, kind="input").inc(self.tokens - self.tokens // 5)
+                self.metrics.tokens.labels(**labels, kind="output").inc(self.tokens // 5)
+                self.metrics.answers.labels(**labels, provider="scripted/b" if fallback else "scripted/a").inc()
+                if fallback:
+                    self.metrics.fallbacks.labels(**labels, provider="scripted").inc()
             self.sent += 1
 
     def wait_for_scrapes(self, count: int, deadline_s: float = 60) -> None:
