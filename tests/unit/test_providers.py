@@ -475,3 +475,20 @@ def test_chain_from_agent_config() -> None:
         "scripted/legal_info",
     ]
     assert (chain.retries, chain.timeout_s) == (1, 12.0)
+
+
+def test_every_provider_call_is_reported_with_its_outcome_and_time() -> None:
+    """on_call hears of each attempt, retries and fallbacks included: the runtime's per-provider metrics."""
+    bad = ScriptedProvider("bad", {"default": {"reply": "x"}, "fault_profile": {"error_rate": 1.0}})
+    slow = ScriptedProvider("slow", {"default": {"reply": "late"}, "fault_profile": {"added_latency_ms": 20}})
+    calls: list[tuple[str, bool, float]] = []
+    result = Chain(bad, [slow], retries=1, sleep=lambda _: None).complete(
+        [{"role": "user", "content": "x"}], on_call=lambda *call: calls.append(call)
+    )
+    assert result.provider == "scripted/slow"
+    assert [(spec, ok) for spec, ok, _s in calls] == [("scripted/bad", False)] * 2 + [("scripted/slow", True)]
+    assert calls[-1][2] >= 0.02 and all(s < 0.02 for _spec, _ok, s in calls[:2])
+    calls.clear()
+    with pytest.raises(ProviderError):
+        Chain(bad, retries=0).complete([{"role": "user", "content": "x"}], on_call=lambda *call: calls.append(call))
+    assert [(spec, ok) for spec, ok, _s in calls] == [("scripted/bad", False)]
