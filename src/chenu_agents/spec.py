@@ -7,7 +7,7 @@ field as a dotted path and what was expected.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -18,19 +18,11 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import ValidationError
 
 from .errors import Problem, SpecError
+from .safeload import DEFAULT_BUDGET, Budget, check_agent_name
+from .safeload import load_yaml as _load_yaml
 
 CONFIG_FILE = "config.yaml"
 TOOLS_FILE = "tools/definitions.yaml"
-
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that keeps timestamps as the strings the author wrote (the schema checks them)."""
-
-
-_Loader.yaml_implicit_resolvers = {
-    ch: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
-    for ch, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
 
 
 @dataclass(frozen=True)
@@ -72,24 +64,18 @@ def _validator(name: str) -> Draft202012Validator:
     return Draft202012Validator(schema(name))
 
 
-def load_yaml(path: Path, display: str) -> tuple[Any, yaml.Node | None]:
-    """Parse a YAML file into data and its node tree (for line numbers)."""
+def load_yaml(path: Path, display: str, budget: Budget = DEFAULT_BUDGET) -> tuple[Any, yaml.Node | None]:
+    """Parse a YAML file into data and its node tree (for line numbers), within the byte and node budget."""
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as handle:
+            raw = handle.read(budget.max_bytes + 1)
     except FileNotFoundError:
         raise SpecError(f"{display} is missing", [Problem(display, "(file)", "file must exist")]) from None
-    except UnicodeDecodeError as exc:
-        raise SpecError(f"{display} is not UTF-8", [Problem(display, "(file)", f"UTF-8 text ({exc.reason})")]) from None
-    try:
-        node = yaml.compose(text, Loader=_Loader)
-        data = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark else None
+    except OSError as exc:
         raise SpecError(
-            f"{display} is not valid YAML", [Problem(display, "(file)", f"valid YAML: {exc}", line)]
+            f"cannot read {display}", [Problem(display, "(file)", f"a readable file ({exc.strerror})")]
         ) from None
-    return data, node
+    return _load_yaml(raw, display, error=SpecError, budget=budget)
 
 
 def _line(node: yaml.Node | None, path: list) -> int | None:
@@ -127,10 +113,17 @@ def _expected(error: ValidationError) -> tuple[list, str]:
         return path, f"unknown field ({error.message})"
     if error.validator == "enum":
         return path, "one of " + ", ".join(map(str, error.validator_value)) + f" (got {error.instance!r})"
+    # A field's schema may say in words what it expects ("x-expected"): `version: 1.2` is a float to
+    # YAML, and "a value of type string" alone does not tell the author a semver string is wanted.
+    wanted = error.schema.get("x-expected") if isinstance(error.schema, dict) else None
+    got = error.instance
+    shown = f"{type(got).__name__} {got!r}" if isinstance(got, int | float) else type(got).__name__
     if error.validator == "type":
-        return path, f"a value of type {error.validator_value} (got {type(error.instance).__name__})"
+        if wanted:
+            return path, f"{wanted} (got {shown}; quote it in YAML)"
+        return path, f"a value of type {error.validator_value} (got {shown})"
     if error.validator == "pattern":
-        return path, f"a string matching {error.validator_value} (got {error.instance!r})"
+        return path, f"{wanted or 'a string matching ' + str(error.validator_value)} (got {str(got)[:80]!r})"
     return path, error.message
 
 
@@ -151,7 +144,9 @@ def load_agent(root: str | Path) -> AgentSpec:
 
     config, config_node = load_yaml(root / CONFIG_FILE, CONFIG_FILE)
     problems += schema_problems(config, config_node, "agent_config", CONFIG_FILE)
-    agent_id = config.get("agent", {}).get("id") if isinstance(config, dict) else None
+    agent = config.get("agent") if isinstance(config, dict) else None
+    agent_id = agent.get("id") if isinstance(agent, dict) else None
+    problems += _strict_problems(agent, config_node, problems)
     if isinstance(agent_id, str) and agent_id != root.name:
         problems.append(
             Problem(
@@ -174,6 +169,31 @@ def load_agent(root: str | Path) -> AgentSpec:
     if problems:
         raise SpecError(f"agent folder {root} does not match its schema", problems)
     return AgentSpec(root=root, config=config, tools=tuple(tools))
+
+
+def _strict_problems(agent: Any, node: yaml.Node | None, found: list[Problem]) -> list[Problem]:
+    """What JSON Schema's `pattern` lets through: it searches, so `$` accepts a trailing newline."""
+    if not isinstance(agent, dict):
+        return []
+    already = {p.field for p in found}
+    problems = []
+    agent_id = agent.get("id")
+    if isinstance(agent_id, str) and "agent.id" not in already:
+        try:
+            check_agent_name(agent_id, file=CONFIG_FILE, field="agent.id", error=SpecError)
+        except SpecError as exc:
+            problems += [replace(p, line=_line(node, ["agent", "id"])) for p in exc.problems]
+    version = agent.get("version")
+    if isinstance(version, str) and "agent.version" not in already and version != version.strip():
+        problems.append(
+            Problem(
+                CONFIG_FILE,
+                "agent.version",
+                f"a semantic version string such as 1.2.0, without spaces or line breaks (got {version!r})",
+                _line(node, ["agent", "version"]),
+            )
+        )
+    return problems
 
 
 def _check_tools(root: Path, entries: list[dict], node: yaml.Node | None) -> tuple[list[Tool], list[Problem]]:

@@ -32,7 +32,7 @@ def test_every_violation_of_every_file_at_once(tmp_path):
     found = {(p.file, p.rule, p.line) for p in info.value.problems}
     assert ("tools/handlers/area.py", "forbidden_import", 1) in found
     assert ("tools/handlers/area.py", "forbidden_import", 2) in found
-    assert ("tools/handlers/area.py", "forbidden_call", 7) in found
+    assert ("tools/handlers/area.py", "forbidden_name", 7) in found
     assert ("prompts/system.md", "prompt_override", 2) in found
     assert ("prompts/examples/leak.yaml", "credential_assignment", 2) in found
     assert ("prompts/templates/answer.j2", "template_code_execution", 1) in found
@@ -90,7 +90,7 @@ def test_inventory_override_file_merges(tmp_path, agent_dir):
     with pytest.raises(PolicyViolation, match="forbidden tool"):
         _check(agent_dir, path=override)
     # the rest of the default policy is still there
-    assert "os" in load_policy(path=override).data["handlers"]["forbidden_imports"]
+    assert "math" in load_policy(path=override).data["handlers"]["allowed_imports"]
 
 
 def test_invalid_policy_regex_is_named(tmp_path):

@@ -39,7 +39,8 @@ agent:
     assert ("config.yaml", "agent.level", 6) in found
     assert ("config.yaml", "agent.llm.primary", 9) in found
     by_field = {p.field: p.expected for p in info.value.problems}
-    assert "type string" in by_field["agent.version"]
+    assert "semantic version string" in by_field["agent.version"]
+    assert "got float 1.0" in by_field["agent.version"]
     assert "guardian" in by_field["agent.type"]
     assert "config.yaml:5: agent.type" in str(info.value)
 
