@@ -696,6 +696,35 @@ def check(prom: Prometheus, settings: Settings, at: float | None = None) -> dict
     return result
 
 
+def _side(who: str, stats: dict[str, Any] | None) -> str | None:
+    if not stats:
+        return None
+    parts = [f"{stats['requests']} req", f"{(stats.get('error_rate') or 0) * 100:.1f} % errors"]
+    if stats.get("requests"):
+        parts.append(f"p95 {_secs(stats.get('latency_p95'))}, mean {_secs(stats.get('latency_mean'))}")
+    if stats.get("tokens_per_task") is not None:
+        parts.append(f"{stats['tokens_per_task']:.4g} tokens/task")
+    if stats.get("fallbacks"):
+        parts.append(f"{stats['fallbacks']} fallbacks")
+    version = f" {stats['version']}" if stats.get("version") else ""
+    return f"{who}{version}: " + ", ".join(parts)
+
+
+def summary(result: dict[str, Any]) -> str:
+    """One line for a release's output: the verdict and the criteria that decided it, both sides' numbers
+    (measured: quantiles from the fine buckets, the exact mean), and the deciding reason."""
+    verdict = str(result.get("verdict", "inconclusive")).upper()
+    decided = [CRITERIA.get(c, c) for c in result.get("decided_by") or []]
+    head = f"{verdict} ({', '.join(decided)})" if decided else verdict
+    parts = [head]
+    parts += [s for s in (_side("candidate", result.get("canary")), _side("stable", result.get("baseline"))) if s]
+    if result.get("checks") is not None:
+        parts.append(f"{len(result['checks'])} checks in {result.get('elapsed', 0):.0f} s")
+    if result.get("reasons"):
+        parts.append(str(result["reasons"][0]))
+    return " | ".join(parts)
+
+
 @dataclass
 class Watch:
     """The result of watch(): the deciding check's numbers, and every check."""
@@ -711,7 +740,7 @@ class Watch:
 
     def to_dict(self) -> dict[str, Any]:
         last = self.checks[-1] if self.checks else {}
-        return {
+        out = {
             "verdict": self.verdict,
             "reasons": self.reasons,
             "decided_by": self.decided_by,
@@ -725,6 +754,8 @@ class Watch:
             "elapsed": round(self.elapsed, 3),
             "ended_early": self.ended_early,
         }
+        out["summary"] = summary(out)
+        return out
 
 
 def watch(

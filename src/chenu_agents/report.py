@@ -7,9 +7,13 @@ from chenu.agents.rollout_analysis):
     {"agent": "legal_info", "strategy": "canary", "outcome": "promoted", "reason": "...",
      "stable": {"slot": "blue", "version": "1.2.0"}, "candidate": {"slot": "green", "version": "1.2.1"},
      "started": ISO, "ended": ISO, "forced": false, "run_id": "...",
-     "steps": [{"name": "canary 5 %", "weight": 5, "verdict": "pass", "reasons": [...], "elapsed": 20.1,
-                "canary": {requests, errors, error_rate, latency_p50, latency_p95, latency_p99},
-                "baseline": {...} or null, "action": "..."}]}
+     "steps": [{"name": "canary 5 %", "weight": 5, "verdict": "pass", "decided_by": [...], "reasons": [...],
+                "elapsed": 20.1, "canary": {requests, errors, error_rate, latency_p50, latency_p95, latency_p99,
+                latency_mean, tokens_per_task, fallbacks}, "baseline": {...} or null, "action": "..."}]}
+
+The figures are the analysis' own: p95 read from the runtime's fine buckets (within 9 %), the mean exact.
+In both charts the stable version is a wide pale band and the candidate a dashed line drawn over it, so
+that two versions with the same numbers still show as two.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ from .files import write_if_changed
 
 NONE = "-"  # a missing number in the table
 SERIES = (("canary", "candidate", "#d62728"), ("baseline", "stable", "#1f77b4"))
+# How each side is drawn in the SVG: stable wide and pale underneath, the candidate dashed on top.
+STROKES = {"baseline": 'stroke-width="7" stroke-opacity="0.35"', "canary": 'stroke-width="2" stroke-dasharray="6 3"'}
 METRICS = (("error_rate", "Error rate", "%", 100.0), ("latency_p95", "Latency p95", "ms", 1000.0))
 
 
@@ -66,7 +72,9 @@ def series(steps: Sequence[Mapping[str, Any]], side: str, metric: str, scale: fl
 def _fmt(value: float | None, unit: str) -> str:
     if value is None:
         return NONE
-    return f"{value:.1f} {unit}" if unit == "%" else f"{value:.0f} {unit}"
+    if unit == "%":
+        return f"{value:.1f} %"
+    return f"{value:.3g} {unit}" if value < 100 else f"{value:.0f} {unit}"
 
 
 def _who(release: Mapping[str, Any], key: str) -> str:
@@ -94,7 +102,8 @@ def _check(release: Mapping[str, Any]) -> None:
 
 
 def mermaid(steps: Sequence[Mapping[str, Any]], metric: str, title: str, unit: str, scale: float) -> str:
-    """A mermaid xychart-beta: candidate first line, stable second (a missing value is drawn as 0)."""
+    """A mermaid xychart-beta: stable as bars, the candidate as a line over them, so that equal numbers
+    still show both (a missing value is drawn as 0)."""
     labels = ", ".join(f'"{str(s.get("name", i + 1)).replace(chr(34), chr(39))}"' for i, s in enumerate(steps))
     values = {side: series(steps, side, metric, scale) for side, *_rest in SERIES}
     top = max([v for vs in values.values() for v in vs if v is not None] + [0.0])
@@ -102,12 +111,12 @@ def mermaid(steps: Sequence[Mapping[str, Any]], metric: str, title: str, unit: s
     lines = [
         "```mermaid",
         "xychart-beta",
-        f'    title "{title} per step ({unit}): candidate, then stable"',
+        f'    title "{title} per step ({unit}): stable as bars, candidate as the line"',
         f"    x-axis [{labels}]",
         f'    y-axis "{unit}" 0 --> {top:g}',
     ]
-    for side, *_rest in SERIES:
-        lines.append("    line [" + ", ".join(f"{v if v is not None else 0:g}" for v in values[side]) + "]")
+    for side, kind in (("baseline", "bar"), ("canary", "line")):
+        lines.append(f"    {kind} [" + ", ".join(f"{v if v is not None else 0:g}" for v in values[side]) + "]")
     lines.append("```")
     return "\n".join(lines)
 
@@ -166,7 +175,7 @@ def svg(steps: Sequence[Mapping[str, Any]], title: str = "") -> str:
                     f'<text x="{px(i):.1f}" y="{axis_y + 27}" text-anchor="middle" fill="{colour}">'
                     f"{escape(verdict)}</text>"
                 )
-        for side, who, colour in SERIES:
+        for side, who, colour in reversed(SERIES):  # stable underneath, the candidate over it
             runs: list[list[tuple[float, float]]] = [[]]
             for i, value in enumerate(values[side]):
                 if value is None:
@@ -176,14 +185,23 @@ def svg(steps: Sequence[Mapping[str, Any]], title: str = "") -> str:
             for run in runs:
                 if len(run) > 1:
                     points = " ".join(f"{x:.1f},{y:.1f}" for x, y in run)
-                    parts.append(f'<polyline points="{points}" fill="none" stroke="{colour}" stroke-width="2"/>')
+                    parts.append(f'<polyline points="{points}" fill="none" stroke="{colour}" {STROKES[side]}/>')
                 for x, y in run:
-                    parts.append(
-                        f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{colour}"><title>{who}</title></circle>'
-                    )
-        for k, (_side, who, colour) in enumerate(SERIES):
+                    if side == "baseline":
+                        parts.append(
+                            f'<rect x="{x - 4:.1f}" y="{y - 4:.1f}" width="8" height="8" fill="{colour}" '
+                            f'fill-opacity="0.5"><title>{who}</title></rect>'
+                        )
+                    else:
+                        parts.append(
+                            f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="white" stroke="{colour}" '
+                            f'stroke-width="2"><title>{who}</title></circle>'
+                        )
+        for k, (side, who, colour) in enumerate(SERIES):
             lx, ly = x0 + left + k * 90, y0 + panel_h - 12
-            parts.append(f'<rect x="{lx}" y="{ly - 8}" width="10" height="3" fill="{colour}"/>')
+            parts.append(
+                f'<line x1="{lx}" y1="{ly - 6}" x2="{lx + 12}" y2="{ly - 6}" stroke="{colour}" {STROKES[side]}/>'
+            )
             parts.append(f'<text x="{lx + 14}" y="{ly - 3}">{who}</text>')
     parts.append("</svg>")
     return "\n".join(parts) + "\n"
@@ -214,12 +232,15 @@ def render(release: Mapping[str, Any]) -> Report:
         lines += ["No traffic step ran.", ""]
     else:
         lines += [
-            "| step | weight | verdict | candidate requests | candidate errors | stable errors "
-            "| candidate p95 | stable p95 | seconds | numbers |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "| step | weight | verdict | decided by | candidate requests | candidate errors | stable errors "
+            "| candidate p95 | stable p95 | candidate mean | stable mean | tokens per task (candidate / stable) "
+            "| seconds | numbers |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         err = {side: series(steps, side, "error_rate", 100.0) for side, *_rest in SERIES}
         lat = {side: series(steps, side, "latency_p95", 1000.0) for side, *_rest in SERIES}
+        mean = {side: series(steps, side, "latency_mean", 1000.0) for side, *_rest in SERIES}
+        tokens = {side: series(steps, side, "tokens_per_task", 1.0) for side, *_rest in SERIES}
         for i, step in enumerate(steps):
             canary = step.get("canary") or {}
             reasons = "; ".join(str(r) for r in step.get("reasons") or []) or NONE
@@ -228,11 +249,15 @@ def render(release: Mapping[str, Any]) -> Report:
                 str(step.get("name", i + 1)),
                 f"{step['weight']} %" if step.get("weight") is not None else NONE,
                 f"**{step.get('verdict') or NONE}**",
+                ", ".join(str(c) for c in step.get("decided_by") or []) or NONE,
                 str(canary.get("requests", NONE)),
                 _fmt(err["canary"][i], "%"),
                 _fmt(err["baseline"][i], "%"),
                 _fmt(lat["canary"][i], "ms"),
                 _fmt(lat["baseline"][i], "ms"),
+                _fmt(mean["canary"][i], "ms"),
+                _fmt(mean["baseline"][i], "ms"),
+                " / ".join(f"{v:.4g}" if v is not None else NONE for v in (tokens["canary"][i], tokens["baseline"][i])),
                 f"{elapsed:.0f}" if elapsed is not None else NONE,
                 reasons.replace("|", "\\|"),
             ]

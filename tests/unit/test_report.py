@@ -9,7 +9,7 @@ import pytest
 from chenu_agents import report
 
 
-def _numbers(requests, errors, p95):
+def _numbers(requests, errors, p95, mean=None, tokens=None):
     return {
         "requests": requests,
         "errors": errors,
@@ -17,6 +17,8 @@ def _numbers(requests, errors, p95):
         "latency_p50": p95 / 2 if p95 is not None else None,
         "latency_p95": p95,
         "latency_p99": p95,
+        "latency_mean": mean,
+        "tokens_per_task": tokens,
     }
 
 
@@ -46,8 +48,9 @@ RELEASE = {
             "verdict": "fail",
             "reasons": ["canary error rate 20.0 % > 5 % | over 10 s"],
             "elapsed": 4.0,
-            "canary": _numbers(50, 10, 0.015),
-            "baseline": _numbers(150, 0, 0.011),
+            "decided_by": ["errors", "errors_vs_stable"],
+            "canary": _numbers(50, 10, 0.015, 0.0123, 140),
+            "baseline": _numbers(150, 0, 0.011, 0.00213, 120.5),
             "action": "canary back to 0 %",
         },
         {"name": "100 %", "weight": 100, "verdict": None, "canary": None, "baseline": {"requests": 0}},
@@ -65,11 +68,16 @@ def test_markdown_has_the_steps_the_numbers_and_both_charts():
     md = out.markdown
     assert md.startswith("# Release of legal_info 1.2.1: failed")
     assert "stable: 1.2.0 (blue); candidate: 1.2.1 (green)" in md
-    assert "| 25 % | 25 % | **fail** | 50 | 20.0 % | 0.0 % | 15 ms | 11 ms | 4 |" in md
+    assert (
+        "| 25 % | 25 % | **fail** | errors, errors_vs_stable | 50 | 20.0 % | 0.0 % | 15 ms | 11 ms | 12.3 ms "
+        "| 2.13 ms | 140 / 120.5 | 4 |"
+    ) in md
+    assert "| 5 % | 5 % | **pass** | - | 40 | 0.0 % | 0.1 % | 12 ms | 10 ms | - | - | - / - | 20 |" in md
     assert "\\|" in md  # a pipe inside a reason does not break the table
     assert md.count("```mermaid") == 2 and "xychart-beta" in md
     assert 'x-axis ["5 %", "25 %", "100 %"]' in md
     assert "line [0, 20, 0]" in md  # candidate error rate, the missing step drawn as 0
+    assert "bar [0.125, 0, 0]" in md  # stable's, as bars under the candidate's line
     assert f"]({out.name}.svg)" in md
     assert "- canary back to 0 %" in md
     assert out.name == "legal_info-1.2.1-canary-20261121T163000"
@@ -82,7 +90,11 @@ def test_svg_is_well_formed_with_both_panels_and_verdicts():
     texts = [t.text for t in root.iter("{http://www.w3.org/2000/svg}text")]
     assert "Error rate (%)" in texts and "Latency p95 (ms)" in texts
     assert "fail" in texts and "pass" in texts
-    assert len(list(root.iter("{http://www.w3.org/2000/svg}polyline"))) == 4  # 2 metrics x 2 sides
+    lines = list(root.iter("{http://www.w3.org/2000/svg}polyline"))
+    assert len(lines) == 4  # 2 metrics x 2 sides
+    # Drawn distinctly, stable underneath: equal numbers still show two versions.
+    assert [line.get("stroke-dasharray") for line in lines] == [None, "6 3", None, "6 3"]
+    assert lines[0].get("stroke-width") == "7" and lines[1].get("stroke") != lines[0].get("stroke")
 
 
 def test_no_steps_no_chart():
