@@ -4,17 +4,23 @@ Building the same folder twice gives the same bytes: entries sorted, one fixed m
 single-threaded zstd. Reading a bundle checks everything (sizes, names, types, duplicates, manifest)
 in memory, with bounded decompression, before a single byte reaches the disk; extraction writes to a
 temporary directory beside the target and renames it into place.
+
+What two readers could see differently is refused rather than interpreted: one zstd frame with its
+checksum and nothing after it, nothing but zeros after the tar's end, MANIFEST.json first, no two names
+equal after Unicode normalisation and case folding, no name both a file and a directory, a manifest
+without duplicate keys whose every sha256 and size is checked.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import json
 import os
+import re
 import shutil
 import tarfile
 import tempfile
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -23,6 +29,9 @@ import zstandard
 from .errors import BundleError, Problem
 from .files import canonical_json
 from .policy import Policy, agent_files, check, load_policy
+from .safeload import Budget, check_agent_name, load_json
+from .semver import VersionError
+from .semver import parse as semver_parse
 from .spec import AgentSpec, load_agent
 
 FORMAT = "chenu.agents/bundle/v1"
@@ -30,6 +39,9 @@ MANIFEST = "MANIFEST.json"
 DEFAULT_LEVEL = 19
 FIXED_MTIME = 0
 FILE_MODE = 0o644
+# Compressed bytes fed to zstd at a time: at most ~4 MiB come out of one feed, so the output bound holds.
+_FEED = 128
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
 
 @dataclass(frozen=True)
@@ -41,6 +53,8 @@ class Limits:
     max_file_bytes: int = 1024 * 1024 + 256 * 1024
     max_files: int = 501
     max_path_length: int = 200
+    max_manifest_bytes: int = 1024 * 1024
+    max_manifest_depth: int = 8
 
 
 @dataclass(frozen=True)
@@ -159,6 +173,8 @@ def _check_name(name: str, limits: Limits) -> str | None:
     """Why a member name is refused, or None."""
     if not name or "\x00" in name or "\\" in name:
         return "a plain relative path"
+    if any(unicodedata.category(ch)[0] == "C" for ch in name):
+        return "a path without control, format or undecodable characters"
     if name.startswith("/") or PurePosixPath(name).is_absolute():
         return "a relative path (absolute paths are refused)"
     parts = name.split("/")
@@ -169,22 +185,51 @@ def _check_name(name: str, limits: Limits) -> str | None:
     return None
 
 
+def _fold(name: str) -> str:
+    return unicodedata.normalize("NFC", name).casefold()
+
+
 def _decompress(data: bytes, limits: Limits, where: str) -> bytes:
+    """One zstd frame, with its checksum, nothing after it, decompressed within the size bound."""
+
+    def refuse(expected: str) -> BundleError:
+        return BundleError(f"{where} is refused: {expected}", [Problem(where, "(content)", expected, rule="zstd")])
+
+    bound = limits.max_total_bytes + 1024 * 1024
     try:
-        reader = zstandard.ZstdDecompressor(max_window_size=1 << 27).stream_reader(io.BytesIO(data))
-        out = io.BytesIO()
-        while chunk := reader.read(1 << 20):
-            out.write(chunk)
-            if out.tell() > limits.max_total_bytes + 1024 * 1024:
-                raise BundleError(
-                    f"{where}: decompressed size exceeds the limit",
-                    [Problem(where, "(content)", f"at most {limits.max_total_bytes} bytes once decompressed")],
-                )
-        return out.getvalue()
+        params = zstandard.get_frame_parameters(data)
     except zstandard.ZstdError as exc:
         raise BundleError(
             f"{where} is not a zstd stream", [Problem(where, "(content)", f"zstd data ({exc})")]
         ) from None
+    if not params.has_checksum:
+        raise refuse("a zstd frame with its content checksum")
+    if params.content_size not in (zstandard.CONTENTSIZE_UNKNOWN, zstandard.CONTENTSIZE_ERROR) and (
+        params.content_size > bound
+    ):
+        raise refuse(f"at most {limits.max_total_bytes} bytes once decompressed (the frame declares more)")
+    out = io.BytesIO()
+    try:
+        dobj = zstandard.ZstdDecompressor(max_window_size=1 << 27).decompressobj()
+        pos = 0
+        while pos < len(data) and not dobj.eof:
+            out.write(dobj.decompress(data[pos : pos + _FEED]))
+            pos += _FEED
+            if out.tell() > bound:
+                raise BundleError(
+                    f"{where}: decompressed size exceeds the limit",
+                    [Problem(where, "(content)", f"at most {limits.max_total_bytes} bytes once decompressed")],
+                )
+        trailing = dobj.unused_data if dobj.eof else b""
+    except zstandard.ZstdError as exc:
+        raise BundleError(
+            f"{where} is not a zstd stream", [Problem(where, "(content)", f"zstd data ({exc})")]
+        ) from None
+    if not dobj.eof:
+        raise refuse("a complete zstd frame (the stream is truncated)")
+    if trailing or pos < len(data):
+        raise refuse("one zstd frame and nothing after it (a second frame or trailing bytes follow)")
+    return out.getvalue()
 
 
 def read_bytes(data: bytes, where: str = "bundle", limits: Limits | None = None) -> Bundle:
@@ -197,19 +242,23 @@ def read_bytes(data: bytes, where: str = "bundle", limits: Limits | None = None)
     raw = _decompress(data, limits, where)
     problems: list[Problem] = []
     files: dict[str, bytes] = {}
+    folded: dict[str, str] = {}
     total = 0
     try:
         with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tar:
             members = tar.getmembers()
+            end = tar.offset
             if len(members) > limits.max_files:
                 raise BundleError(
                     f"{where} holds too many entries",
                     [Problem(where, "(entries)", f"at most {limits.max_files} entries (got {len(members)})")],
                 )
+            if members and members[0].name != MANIFEST and any(m.name == MANIFEST for m in members):
+                problems.append(Problem(where, members[0].name, f"{MANIFEST} as the first entry", rule="manifest"))
             for m in members:
                 why = _check_name(m.name, limits)
                 if why:
-                    problems.append(Problem(where, m.name, why, rule="name"))
+                    problems.append(Problem(where, repr(m.name)[1:-1][:120], why, rule="name"))
                     continue
                 if not m.isreg():
                     kind = (
@@ -224,48 +273,115 @@ def read_bytes(data: bytes, where: str = "bundle", limits: Limits | None = None)
                 if m.name in files:
                     problems.append(Problem(where, m.name, "a unique entry name (duplicate)", rule="duplicate"))
                     continue
+                key = _fold(m.name)
+                if key in folded:
+                    problems.append(
+                        Problem(
+                            where,
+                            m.name,
+                            f"a name distinct from {folded[key]!r} after Unicode normalisation and case folding",
+                            rule="duplicate",
+                        )
+                    )
+                    continue
                 if m.size > limits.max_file_bytes:
                     problems.append(
                         Problem(where, m.name, f"at most {limits.max_file_bytes} bytes (got {m.size})", rule="size")
                     )
                     continue
                 total += m.size
+                if total > limits.max_total_bytes:
+                    break
+                folded[key] = m.name
                 fh = tar.extractfile(m)
                 files[m.name] = fh.read() if fh else b""
     except tarfile.TarError as exc:
         raise BundleError(
             f"{where} is not a valid tar stream", [Problem(where, "(content)", f"a tar archive ({exc})")]
         ) from None
+    except (ValueError, UnicodeError, OverflowError, EOFError) as exc:
+        raise BundleError(
+            f"{where} is not a valid tar stream", [Problem(where, "(content)", f"a tar archive ({exc})")]
+        ) from None
+    if raw[end:].strip(b"\0"):
+        problems.append(Problem(where, "(content)", "nothing but zeros after the tar's end", rule="trailing"))
     if total > limits.max_total_bytes:
         problems.append(
             Problem(where, "(content)", f"at most {limits.max_total_bytes} bytes in all (got {total})", rule="size")
         )
+    for name in sorted(folded.values()):
+        parts = name.split("/")
+        for i in range(1, len(parts)):
+            parent = _fold("/".join(parts[:i]))
+            if parent in folded:
+                problems.append(
+                    Problem(where, name, f"no entry under {folded[parent]!r}, which is a file", rule="file_and_dir")
+                )
+                break
     if problems:
         raise BundleError(f"{where} is refused", problems)
-    return Bundle(manifest=_check_manifest(files, where), files={k: v for k, v in files.items() if k != MANIFEST})
+    return Bundle(
+        manifest=_check_manifest(files, where, limits), files={k: v for k, v in files.items() if k != MANIFEST}
+    )
 
 
-def _check_manifest(files: dict[str, bytes], where: str) -> dict:
+def _check_manifest(files: dict[str, bytes], where: str, limits: Limits | None = None) -> dict:
+    limits = limits or Limits()
     if MANIFEST not in files:
         raise BundleError(f"{where} has no manifest", [Problem(where, MANIFEST, "a manifest entry")])
+    budget = Budget(max_bytes=limits.max_manifest_bytes, max_depth=limits.max_manifest_depth)
     try:
-        manifest = json.loads(files[MANIFEST])
-        listed = manifest["files"]
-        manifest["agent"], manifest["version"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise BundleError(
-            f"{where}: manifest is malformed", [Problem(where, MANIFEST, f"valid manifest JSON ({exc})")]
-        ) from None
+        manifest = load_json(files[MANIFEST], f"{where}: {MANIFEST}", error=BundleError, budget=budget)
+    except BundleError as exc:
+        raise BundleError(f"{where}: manifest is malformed", exc.problems) from None
+
+    def malformed(field: str, expected: str) -> BundleError:
+        return BundleError(f"{where}: manifest is malformed", [Problem(f"{where}: {MANIFEST}", field, expected)])
+
+    if not isinstance(manifest, dict):
+        raise malformed("(root)", "a JSON object with format, agent, version and files")
     if manifest.get("format") != FORMAT:
         raise BundleError(f"{where}: unknown format", [Problem(where, f"{MANIFEST}.format", FORMAT)])
+    extra = sorted(set(manifest) - {"format", "agent", "version", "files"})
+    if extra:
+        raise malformed(extra[0], "only format, agent, version and files")
+    check_agent_name(
+        manifest.get("agent"), file=f"{where}: {MANIFEST}", field="agent", error=BundleError,
+        message=f"{where}: manifest is malformed",
+    )  # fmt: skip
+    version = manifest.get("version")
+    try:
+        if not isinstance(version, str) or version != version.strip():
+            raise VersionError("not a string")
+        semver_parse(version)
+    except VersionError:
+        raise malformed("version", f"a semantic version string such as 1.2.0 (got {str(version)[:40]!r})") from None
+    listed = manifest.get("files")
+    if not isinstance(listed, dict):
+        raise malformed("files", "an object of path -> {sha256, size}")
+    for name, entry in listed.items():
+        if (
+            not isinstance(entry, dict)
+            or set(entry) != {"sha256", "size"}
+            or not isinstance(entry["sha256"], str)
+            or not _SHA256_HEX.match(entry["sha256"])
+            or type(entry["size"]) is not int
+            or entry["size"] < 0
+        ):
+            raise malformed(f"files.{name[:120]}", "{sha256: 64 lowercase hex digits, size: a whole number of bytes}")
     problems = []
     present = set(files) - {MANIFEST}
     for name in sorted(present - set(listed)):
         problems.append(Problem(where, name, "an entry listed in the manifest", rule="manifest"))
     for name in sorted(set(listed) - present):
-        problems.append(Problem(where, name, "the entry the manifest lists (missing)", rule="manifest"))
+        problems.append(Problem(where, name[:120], "the entry the manifest lists (missing)", rule="manifest"))
     for name in sorted(present & set(listed)):
-        if hashlib.sha256(files[name]).hexdigest() != listed[name].get("sha256"):
+        if len(files[name]) != listed[name]["size"]:
+            problems.append(
+                Problem(where, name, f"the manifest's size, {listed[name]['size']} bytes (got {len(files[name])})",
+                        rule="manifest")
+            )  # fmt: skip
+        if hashlib.sha256(files[name]).hexdigest() != listed[name]["sha256"]:
             problems.append(Problem(where, name, "content matching the manifest's sha256", rule="manifest"))
     if problems:
         raise BundleError(f"{where} does not match its manifest", problems)

@@ -105,7 +105,7 @@ def _hostile(entries, manifest_extra=None, with_manifest=True) -> bytes:
             tar.addfile(info, io.BytesIO(m))
         for info, data in entries:
             tar.addfile(info, io.BytesIO(data) if info.type == tarfile.REGTYPE else None)
-    return zstandard.ZstdCompressor().compress(raw.getvalue())
+    return zstandard.ZstdCompressor(write_checksum=True).compress(raw.getvalue())
 
 
 HOSTILE = {
@@ -137,7 +137,9 @@ def test_hostile_bundle_refused_before_anything_is_written(tmp_path, case):
 
 def test_decompression_bomb_is_bounded(tmp_path):
     # 64 MiB of zeros compresses to a few KiB; reading must stop near the limit, not inflate it all
-    bomb = zstandard.ZstdCompressor(level=19).compress(b"\0" * (64 << 20))
+    bomb = zstandard.ZstdCompressor(level=19, write_checksum=True, write_content_size=False).compress(
+        b"\0" * (64 << 20)
+    )
     assert len(bomb) < 64 << 10
     with pytest.raises(BundleError, match="decompressed size exceeds"):
         bundle.read_bytes(bomb, "bomb", bundle.Limits(max_total_bytes=1 << 20))
@@ -146,15 +148,18 @@ def test_decompression_bomb_is_bounded(tmp_path):
 @pytest.mark.parametrize(
     ("mutate", "message"),
     [
-        (lambda e: ([_entry("config.yaml", b"good")], {"files": {"config.yaml": {"sha256": "0" * 64}}}), "sha256"),
+        (
+            lambda e: ([_entry("config.yaml", b"good")], {"files": {"config.yaml": {"sha256": "0" * 64, "size": 4}}}),
+            "sha256",
+        ),
         (
             lambda e: (
                 [_entry("config.yaml"), _entry("extra.py")],
-                {"files": {"config.yaml": {"sha256": hashlib.sha256(b"x").hexdigest()}}},
+                {"files": {"config.yaml": {"sha256": hashlib.sha256(b"x").hexdigest(), "size": 1}}},
             ),
             "listed in the manifest",
         ),
-        (lambda e: ([], {"files": {"gone.md": {"sha256": "0" * 64}}}), "missing"),
+        (lambda e: ([], {"files": {"gone.md": {"sha256": "0" * 64, "size": 1}}}), "missing"),
         (lambda e: ([_entry("a")], {"format": "other/v9"}), "format"),
     ],
 )
