@@ -292,3 +292,43 @@ def status(windows: Iterable[Any] | None = None, at: str | datetime | None = Non
             f"({result['next_start']}), in {_duration(seconds)}"
         )
     return result
+
+
+# The scheduled maintenance's choices (playbooks/maintenance.yml, through the chenu.agents.maintenance_*
+# filters): which indexes to rebuild, which updates are security updates.
+
+_SECURITY_INST = re.compile(r"^Inst (\S+) .*-security")
+
+
+def bloated_indexes(measured: Iterable[Any], max_leaf_density: float = 50.0, min_bytes: int = 8 * 8192) -> list[dict]:
+    """The B-tree indexes worth a REINDEX: leaf density (pgstatindex) under `max_leaf_density` % in an
+    index of at least `min_bytes` that has leaf pages (a fresh B-tree is about 90 % full).
+
+    `measured`: rows {database, index, bytes, leaf_density, leaf_pages}, or postgresql_query results
+    (each with a `query_result` list of such rows), as the playbook registers them.
+    """
+    rows: list[Mapping] = []
+    for entry in measured or []:
+        if isinstance(entry, Mapping) and "query_result" in entry:
+            rows += [row for row in entry["query_result"] or [] if isinstance(row, Mapping)]
+        elif isinstance(entry, Mapping):
+            rows.append(entry)
+    return [
+        dict(row)
+        for row in rows
+        if (row.get("leaf_pages") or 0) > 0
+        and (row.get("bytes") or 0) >= int(min_bytes)
+        and row.get("leaf_density") is not None
+        and float(row["leaf_density"]) < float(max_leaf_density)
+    ]
+
+
+def security_upgrades(simulation: Iterable[str] | str) -> list[str]:
+    """The packages `apt-get --simulate upgrade` would take from a `*-security` origin, in its order."""
+    lines = simulation.splitlines() if isinstance(simulation, str) else simulation or []
+    found = []
+    for line in lines:
+        match = _SECURITY_INST.match(line)
+        if match and match.group(1) not in found:
+            found.append(match.group(1))
+    return found

@@ -6,7 +6,15 @@ from datetime import UTC, date, datetime
 
 import pytest
 
-from chenu_agents.maintenance import MaintenanceWindowError, Window, parse_instant, parse_windows, status
+from chenu_agents.maintenance import (
+    MaintenanceWindowError,
+    Window,
+    bloated_indexes,
+    parse_instant,
+    parse_windows,
+    security_upgrades,
+    status,
+)
 
 TORONTO = {"day": "sunday", "start": "02:00", "end": "04:00", "timezone": "America/Toronto"}
 
@@ -149,3 +157,59 @@ def test_now_by_default():
     result = status()
     assert 0 < result["seconds_until_next"] <= 7 * 86400
     assert result["message"].startswith(("inside", "outside"))
+
+
+# The scheduled maintenance's choices.
+
+
+def index(name: str, density: float | None, size: int, leaf_pages: int = 10) -> dict:
+    return {"database": "registry", "index": name, "bytes": size, "leaf_density": density, "leaf_pages": leaf_pages}
+
+
+@pytest.mark.parametrize(
+    ("row", "bloated"),
+    [
+        (index("a", 9.0, 2_200_000), True),
+        (index("b", 49.9, 65536), True),
+        (index("c", 50.0, 10**6), False),  # at the threshold is not under it
+        (index("d", 90.0, 10**6), False),
+        (index("e", 9.0, 65535), False),  # too small to matter
+        (index("f", 9.0, 10**6, leaf_pages=0), False),  # no leaf pages: pgstatindex says nothing
+        (index("g", None, 10**6), False),
+        ({"database": "registry", "index": "h"}, False),
+    ],
+)
+def test_bloated_indexes(row: dict, bloated: bool) -> None:
+    assert bloated_indexes([row], 50, 65536) == ([row] if bloated else [])
+
+
+def test_bloated_indexes_read_looped_query_results() -> None:
+    results = [
+        {"item": "registry", "query_result": [index("a", 9.0, 10**6), index("b", 88.0, 10**6)]},
+        {"item": "runtime", "query_result": []},
+        {"item": "broken", "failed": True},
+    ]
+    assert [row["index"] for row in bloated_indexes(results, 50, 65536)] == ["a"]
+    assert [row["index"] for row in bloated_indexes(results, 90, 65536)] == ["a", "b"]
+
+
+SIMULATION = """Reading package lists...
+Inst libssl3 [3.0.11-1~deb12u1] (3.0.15-1~deb12u1 Debian-Security:12/stable-security [amd64])
+Inst tzdata [2024a-0+deb12u1] (2025b-0+deb12u1 Debian:12.11/stable-updates [all])
+Inst openssl [3.0.11-1~deb12u1] (3.0.15-1~deb12u1 Debian-Security:12/stable-security [amd64])
+Conf libssl3 (3.0.15-1~deb12u1 Debian-Security:12/stable-security [amd64])
+Inst libssl3 [3.0.11-1~deb12u1] (3.0.15-1~deb12u1 Debian-Security:12/stable-security [amd64])
+"""
+
+
+@pytest.mark.parametrize(
+    ("simulation", "packages"),
+    [
+        (SIMULATION, ["libssl3", "openssl"]),
+        (SIMULATION.splitlines(), ["libssl3", "openssl"]),
+        ("0 upgraded, 0 newly installed, 0 to remove and 0 not upgraded.\n", []),
+        ([], []),
+    ],
+)
+def test_security_upgrades(simulation, packages: list[str]) -> None:
+    assert security_upgrades(simulation) == packages
