@@ -250,13 +250,18 @@ def slot_deployments(observations: dict, now: float) -> dict:
 
 
 def dependency_states(knocks: Any) -> dict[str, str]:
-    """{name: up|down}, from a mapping already so, or from wait_for results (item.key, failed)."""
+    """{name: up|down}, from a mapping already so, or from wait_for results (item.key, state).
+
+    A knock registered with `failed_when: false` says `failed: false` even when it timed out: only a
+    result with the `state` wait_for reports on success counts as up.
+    """
     if isinstance(knocks, dict):
         return {str(name): str(state) for name, state in knocks.items()}
     states = {}
     for knock in knocks or []:
-        item = _mapping(_mapping(knock).get("item"))
-        states[str(item.get("key", "?"))] = "down" if knock.get("failed") else "up"
+        knock = _mapping(knock)
+        item = _mapping(knock.get("item"))
+        states[str(item.get("key", "?"))] = "up" if knock.get("state") and not knock.get("failed") else "down"
     return states
 
 

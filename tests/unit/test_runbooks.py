@@ -255,7 +255,11 @@ def error_rate(slot_ratio: str = "0.5", mtimes=(NOW - 600, NOW - 7200), deps=Non
         "ready": [READY, PRIMARY_DOWN],
         "dependencies": deps
         if deps is not None
-        else [{"item": {"key": "postgresql"}, "failed": False}, {"item": {"key": "redis"}, "failed": True}],
+        else [
+            {"item": {"key": "postgresql"}, "failed": False, "state": "started", "elapsed": 0},
+            # failed_when: false turns a timeout into failed: false; no `state` tells it apart
+            {"item": {"key": "redis"}, "failed": False, "msg": "Timeout when waiting for 127.0.0.1:6379"},
+        ],
     }
 
 
@@ -370,3 +374,18 @@ def test_plan_performance_lists_slow_queries_and_reads_pg_stat_statements_when_t
     statement = {"database": "registry", "calls": 3, "mean_ms": 9000.0, "query": "SELECT 1"}
     plan = runbooks.plan_performance(performance(0.1, statements=[{"query_result": [statement]}]), "auto")
     assert plan["findings"]["pg_stat_statements"] is True and plan["findings"]["slow_statements"] == [statement]
+
+
+@pytest.mark.parametrize(
+    ("knocks", "states"),
+    [
+        ({"postgresql": "up", "redis": "down"}, {"postgresql": "up", "redis": "down"}),
+        ([{"item": {"key": "redis"}, "state": "started"}], {"redis": "up"}),
+        ([{"item": {"key": "redis"}, "state": "started", "failed": True}], {"redis": "down"}),
+        ([{"item": {"key": "redis"}, "failed": False, "msg": "Timeout"}], {"redis": "down"}),
+        ([{"item": {"key": "redis"}, "failed": True, "msg": "Timeout"}], {"redis": "down"}),
+        (None, {}),
+    ],
+)
+def test_dependency_states(knocks, states) -> None:
+    assert runbooks.dependency_states(knocks) == states
