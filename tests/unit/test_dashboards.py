@@ -97,6 +97,9 @@ def test_agent_view_covers_the_requested_signals():
         "chenu_agent_fallbacks_total",
         "chenu_agent_tool_calls_total",
         "chenu_agent_sandbox_seconds_bucket",
+        "chenu_agent_provider_call_duration_seconds_bucket",
+        "chenu_agent_provider_calls_total",
+        "chenu_agent_llm_answers_total",
     ):
         assert metric in exprs, f"the agent dashboard does not chart {metric}"
     for quantile in ("0.5", "0.95", "0.99"):
