@@ -188,6 +188,9 @@ class ServiceControl:
     def start(self) -> None:
         raise DeployError("the slot is not running and no service manager was given to start it")
 
+    def stop(self) -> None:
+        raise DeployError("no service manager was given to stop the slot")
+
     def signal_reload(self) -> None:
         raise DeployError("no admin token to reload over HTTP and no service manager to send SIGHUP through")
 
@@ -212,6 +215,9 @@ class Supervisor(ServiceControl):
         # A program still retrying its start (BACKOFF) is "already started": its next try finds the bundle.
         self._run(["supervisorctl", "start", str(self.service)], tolerate=("already started",))
 
+    def stop(self) -> None:
+        self._run(["supervisorctl", "stop", str(self.service)], tolerate=("not running",))
+
     def signal_reload(self) -> None:
         self._run(["supervisorctl", "signal", "HUP", str(self.service)])
 
@@ -222,6 +228,9 @@ class Systemd(ServiceControl):
 
     def start(self) -> None:
         self._run(["systemctl", "start", str(self.service)])
+
+    def stop(self) -> None:
+        self._run(["systemctl", "stop", str(self.service)])
 
     def signal_reload(self) -> None:
         self._run(["systemctl", "reload", str(self.service)])  # the unit's ExecReload sends SIGHUP

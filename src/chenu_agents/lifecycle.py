@@ -52,6 +52,11 @@ def check_machine(data: Mapping[str, Any]) -> None:
         targets = sorted({spec["to"] for spec in actions.values() if name in spec["from"] and spec["to"]})
         if sorted(state["transitions_to"]) != targets:
             problems.append(Problem("lifecycle.yaml", f"states.{name}.transitions_to", f"the targets: {targets}"))
+    for name, state in states.items():
+        if state["visibility"] not in data.get("visibility", {}):
+            problems.append(
+                Problem("lifecycle.yaml", f"states.{name}.visibility", "a key of visibility (the roles it means)")
+            )
     if problems:
         raise LifecycleError("inconsistent lifecycle state machine", problems)
 
@@ -66,6 +71,34 @@ def actions() -> tuple[str, ...]:
 
 def allowed_actions(state: str) -> list[str]:
     return list(machine()["states"][state]["allowed_actions"])
+
+
+def visible_to(state: str) -> list[str]:
+    """The token roles that may call the tasks of a version in `state` (its seed visibility)."""
+    spec = machine()
+    return list(spec["visibility"][spec["states"][state]["visibility"]])
+
+
+def notice_days(state: str = "deprecated") -> int:
+    """The seed's deprecation_notice ("30d") in days."""
+    notice = str(machine()["states"][state].get("deprecation_notice", "30d"))
+    if not notice.endswith("d") or not notice[:-1].isdigit():
+        raise LifecycleError(
+            f"deprecation_notice {notice!r}", [Problem("lifecycle.yaml", f"states.{state}.deprecation_notice", "<N>d")]
+        )
+    return int(notice[:-1])
+
+
+def retention_days(state: str = "archived") -> int:
+    """The seed's retention ("5_years") in days (a year: 365 days)."""
+    value = str(machine()["states"][state].get("retention", ""))
+    count, _sep, unit = value.partition("_")
+    per = {"days": 1, "years": 365}.get(unit)
+    if not count.isdigit() or per is None:
+        raise LifecycleError(
+            f"retention {value!r}", [Problem("lifecycle.yaml", f"states.{state}.retention", "<N>_years or <N>_days")]
+        )
+    return int(count) * per
 
 
 def markdown_tables() -> str:
@@ -330,6 +363,8 @@ def apply(
         changed,
         gate=gate_report,
     )
+    if step.action == "scale":
+        return _refuse_scale(registry, request, step, changed, details, actor, run_id, check_mode)
     if check_mode or (not changed and step.action != "test"):
         return outcome
     with registry.locked(request.agent) as tx:
@@ -369,6 +404,8 @@ def _operation_effect(registry: Any, request: Request, step: Step, record: Any) 
         return last is None or last.details.get("replicas") != details["replicas"], details
     if step.action == "test":
         return False, details
+    if step.action == "announce_deprecation":
+        return _announcement(registry, request, details)
     if step.action == "approve":
         details["approved_capabilities"] = list(request.approved_capabilities)
         details["approved_tools"] = list(request.approved_tools)
@@ -425,3 +462,69 @@ def _make_new_version(
     if raced:
         return _make_new_version(registry, request, step, record, actor, run_id, check_mode)
     return outcome
+
+
+SCALE_REFUSED = (
+    "scale is recorded but not applied: nothing sets an agent's instance count yet (the scale-out issue); "
+    "the replicas asked for are in the audit trail"
+)
+
+
+def _refuse_scale(
+    registry: Any, request: Request, step: Step, changed: bool, details: dict[str, Any], actor: str, run_id: str,
+    check_mode: bool,
+) -> Outcome:  # fmt: skip
+    """Record the replica count asked for (once per count), then refuse: never silently ignored."""
+    details = {**details, "applied": False, "refused": SCALE_REFUSED}
+    audit_id = None
+    if changed and not check_mode:
+        with registry.locked(request.agent) as tx:
+            audit_id = tx.audit(
+                actor, request.version, "scale", step.from_state, step.from_state, request.reason, run_id, details
+            )
+    last = registry.last_audit(request.agent, request.version, "scale")
+    where = f"audit #{audit_id or (last.id if last else '?')}"
+    raise LifecycleError(
+        f"{request.agent} {request.version}: {SCALE_REFUSED} ({where}: replicas {details['replicas']})",
+        [Problem("(request)", "action", "not scale until the scale-out issue lands")],
+    )
+
+
+def standing_announcement(entries: list[Any]) -> Any | None:
+    """The version's deprecation announcement still in force: its last announce_deprecation row, unless a
+    deploy or restore came after it (a restored version starts afresh). `entries`: the version's audit rows."""
+    announced = None
+    for entry in entries:
+        if entry.action == "announce_deprecation":
+            announced = entry
+        elif entry.action in ("deploy", "restore"):
+            announced = None
+    return announced
+
+
+def _announcement(registry: Any, request: Request, details: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
+    from datetime import UTC, datetime, timedelta
+
+    current = standing_announcement(registry.audit(request.agent, request.version))
+    if "sunset" in details:
+        try:
+            sunset = datetime.fromisoformat(str(details["sunset"]))
+        except ValueError:
+            raise LifecycleError(
+                f"sunset {details['sunset']!r} is not an ISO 8601 time",
+                [Problem("(request)", "details.sunset", "an ISO 8601 date or time, e.g. 2027-01-31T00:00:00Z")],
+            ) from None
+        details["sunset"] = (sunset if sunset.tzinfo else sunset.replace(tzinfo=UTC)).astimezone(UTC).isoformat()
+    elif current is not None:
+        details["sunset"] = current.details.get("sunset")
+    else:
+        details["sunset"] = (datetime.now(UTC) + timedelta(days=notice_days())).replace(microsecond=0).isoformat()
+    if "replacement" not in details:
+        actives = [v.version for v in registry.versions(request.agent) if v.state == "active"]
+        others = [v for v in actives if v != request.version]
+        details["replacement"] = (current.details.get("replacement") if current else None) or (
+            others[-1] if others else None
+        )
+    if current is not None and all(current.details.get(k) == details[k] for k in ("sunset", "replacement")):
+        return False, details
+    return True, details

@@ -36,6 +36,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from email.utils import format_datetime
 from typing import Any
 
 from aiohttp import web
@@ -219,7 +220,7 @@ class Runtime:
         for name, result in zip(pending, await asyncio.gather(*pending.values()), strict=True):
             checks[name] = result
         checks["memory"] = health.check_memory(self.config.memory_limit_mb)
-        state = self.state.current()
+        state = self.state.current().for_version(agent.version)
         checks["lifecycle"] = (state.error is None, state.error or f"state {state.state}")
         ready = all(ok for ok, _detail in checks.values())
         return {
@@ -230,6 +231,10 @@ class Runtime:
             "state": state.state,
             "checks": {name: {"ok": ok, "detail": detail} for name, (ok, detail) in checks.items()},
         }
+
+    def serves_tasks(self) -> bool:
+        """Whether the version served takes new tasks (the queue consumer asks): not paused, deprecated, archived."""
+        return self.state.current().for_version(self.current.version).state not in ("paused", "deprecated", "archived")
 
     def record(self, agent: LoadedAgent, code: int, started: float) -> None:
         """One task answered, by HTTP or from the queue: the SLOs count both."""
@@ -290,18 +295,47 @@ def _parse_task(data: Any) -> tuple[str, str | None, dict[str, Any]]:
     return text, session_id, attributes or {}
 
 
-def _lifecycle_refusal(state: LifecycleState, agent: LoadedAgent) -> web.Response | None:
+def _http_date(iso: str) -> str | None:
+    try:
+        at = datetime.fromisoformat(iso)
+    except ValueError:
+        return None
+    return format_datetime((at if at.tzinfo else at.replace(tzinfo=UTC)).astimezone(UTC), usegmt=True)
+
+
+def deprecation_headers(state: LifecycleState) -> dict[str, str]:
+    """RFC 9745 Deprecation (`@<epoch>`) and RFC 8594 Sunset (an HTTP date) once a deprecation is announced."""
+    headers = {}
+    if state.deprecation:
+        try:
+            at = datetime.fromisoformat(state.deprecation)
+            headers["Deprecation"] = f"@{int((at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp())}"
+        except ValueError:
+            pass
+    if state.sunset and (sunset := _http_date(state.sunset)):
+        headers["Sunset"] = sunset
+    return headers
+
+
+def _lifecycle_refusal(
+    state: LifecycleState, agent: LoadedAgent, principal: Principal | None, headers: dict[str, str]
+) -> web.Response | None:
+    """The answer a version's lifecycle state gives instead of serving the task, if any (seed 000 §1)."""
+    what = f"{agent.agent} {agent.version}"
     if state.state == "paused":
+        payload = {"error": f"{what} is paused", "state": "paused", "fallback_agent": state.fallback_agent,
+                   "reason": state.reason or "paused by its operators"}  # fmt: skip
+        return _respond(503, payload, {**headers, "Retry-After": str(state.retry_after)})
+    if state.state in ("deprecated", "archived"):
+        use = f"; use {agent.agent} {state.replacement}" if state.replacement else ""
+        payload = {"error": f"{what} is {state.state}{use}", "state": state.state, "replacement": state.replacement,
+                   "sunset": state.sunset, "fallback_agent": state.fallback_agent}  # fmt: skip
+        return _respond(410, payload, headers)
+    if state.visible_to is not None and principal is not None and principal.role not in state.visible_to:
         return _respond(
-            503,
-            {"error": f"{agent.agent} is paused", "state": "paused", "fallback_agent": state.fallback_agent},
-            {"Retry-After": "30"},
-        )
-    if state.state == "deprecated":
-        return _respond(
-            410,
-            {"error": f"{agent.agent} {agent.version} is deprecated", "state": "deprecated",
-             "fallback_agent": state.fallback_agent},
+            403,
+            {"error": f"{what} is {state.state}: its tasks are for {', '.join(state.visible_to)}, "
+             f"not {principal.role}", "state": state.state},
         )  # fmt: skip
     return None
 
@@ -329,8 +363,12 @@ _FORWARDED = web.ResponseKey("chenu_forwarded", bool)
 
 
 async def _task(rt: Runtime, agent: LoadedAgent, request: web.Request) -> web.Response:
-    rt.authorize(request, "caller")
-    refusal = _lifecycle_refusal(rt.state.current(), agent)
+    principal = rt.authorize(request, "caller")
+    state = rt.state.current().for_version(agent.version)
+    headers = deprecation_headers(state)
+    if headers or state.state in ("deprecated", "archived"):  # who still calls a version on its way out
+        rt.metrics.deprecated_calls.labels(*rt.labels(agent), principal.name).inc()
+    refusal = _lifecycle_refusal(state, agent, principal, headers)
     if refusal is not None:
         return refusal
     if rt.in_flight >= rt.config.max_in_flight:
@@ -346,7 +384,7 @@ async def _task(rt: Runtime, agent: LoadedAgent, request: web.Request) -> web.Re
         if isinstance(route, web.Response):
             return route
     status, payload = await execute_task(rt, agent, data)
-    return _respond(status, payload, {ROUTE: route} if route else None)
+    return _respond(status, payload, {**headers, ROUTE: route} if route else headers or None)
 
 
 async def _route(rt: Runtime, request: web.Request, body: bytes, data: dict) -> web.Response | str:
@@ -449,14 +487,21 @@ async def handle_reload(request: web.Request) -> web.Response:
 async def handle_status(request: web.Request) -> web.Response:
     rt = request.app[RUNTIME_KEY]
     rt.authorize(request, "operator")
-    state = rt.state.current()
+    raw = rt.state.current()
+    state = raw.for_version(rt.current.version)
     return _respond(
         200,
         {
             "slot": rt.config.slot,
             "serving": rt.current.describe(),
             "state": state.state,
+            "state_version": raw.version,  # the version the state file speaks of (null: any)
+            "state_error": raw.error,
             "fallback_agent": state.fallback_agent,
+            "replacement": state.replacement,
+            "deprecation": state.deprecation,
+            "sunset": state.sunset,
+            "visible_to": list(state.visible_to) if state.visible_to is not None else None,
             "in_flight": rt.in_flight,
             "last_reload": rt.last_reload,
             "sandbox_mode": rt.config.sandbox_mode,

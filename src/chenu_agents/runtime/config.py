@@ -10,7 +10,7 @@ SHA-256 of each bearer token (`python -m chenu_agents.runtime --hash-token` prin
     slot: blue
     port: 8101
     tokens_file: /etc/chenu/runtime/tokens.yaml
-    state_file: /var/lib/chenu/slots/legal_info-blue/state.json   # {state, fallback_agent}
+    state_file: /var/lib/chenu/slots/legal_info-blue/state.json   # written by chenu_agents.reconcile
     memory_limit_mb: 1024
     database_dsn: postgresql://chenu@127.0.0.1/chenu                # readiness only
     rabbitmq_url: amqp://chenu@127.0.0.1:5672/chenu                 # readiness only
@@ -32,7 +32,7 @@ import hashlib
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
@@ -42,8 +42,11 @@ import yaml
 from chenu_agents.errors import Problem, RuntimeConfigError
 
 ENV_PREFIX = "CHENU_RUNTIME_"
-ROLES = ("caller", "operator", "admin")
-STATES = ("active", "paused", "deprecated")
+# Roles of bearer tokens. Rank decides the admin endpoints (operator: status, admin: reload); which roles may
+# call a version's tasks depends on its lifecycle state (LifecycleState.visible_to, from the state file).
+ROLES = ("caller", "developer", "tester", "operator", "admin")
+ROLE_RANK = {"caller": 0, "developer": 0, "tester": 0, "operator": 1, "admin": 2}
+STATES = ("draft", "testing", "staged", "active", "paused", "deprecated", "archived")
 DEFAULT_API_KEY_ENV = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}
 _PATHS = {"bundle", "signature", "trust_store", "accepted_versions", "tokens_file", "state_file", "work_dir"}
 _INTS = {"port", "max_rounds", "max_in_flight", "workers", "memory_limit_mb"}
@@ -333,11 +336,11 @@ class Principal:
     role: str
 
     def allows(self, role: str) -> bool:
-        return ROLES.index(self.role) >= ROLES.index(role)
+        return ROLE_RANK[self.role] >= ROLE_RANK[role]
 
 
 class Tokens:
-    """Bearer tokens by their SHA-256; roles are ordered caller < operator < admin.
+    """Bearer tokens by their SHA-256; ranks: caller = developer = tester < operator < admin.
 
     File: `{tokens: [{name: ci, role: caller, sha256: <hex>}]}` (YAML or JSON).
     """
@@ -380,13 +383,36 @@ class Tokens:
 
 @dataclass(frozen=True)
 class LifecycleState:
+    """What the registry says of the version a slot serves (chenu_agents.reconcile writes the file)."""
+
     state: str = "active"
     fallback_agent: str | None = None
     error: str | None = None  # the state file could not be read: the last good state stays in force
+    version: str | None = None  # the version the state is about; another version in the slot ignores it
+    replacement: str | None = None  # deprecated: the version callers should use instead
+    deprecation: str | None = None  # ISO 8601: when the deprecation was announced (Deprecation header)
+    sunset: str | None = None  # ISO 8601: when the version stops answering (Sunset header, RFC 8594)
+    reason: str | None = None
+    retry_after: int = 30  # paused with no fallback: seconds in Retry-After
+    visible_to: tuple[str, ...] | None = None  # roles that may call its tasks; None: every role
+
+    def for_version(self, version: str) -> LifecycleState:
+        """The state as it applies to `version`: a state written for another version does not."""
+        if self.version is None or self.version == version:
+            return self
+        return LifecycleState(error=self.error)
+
+
+_STATE_KEYS = {"state", "fallback_agent", "version", "replacement", "deprecation", "sunset", "reason",
+               "retry_after", "visible_to", "registry_state", "written_at", "run_id", "note"}  # fmt: skip
 
 
 class StateFile:
-    """The lifecycle state the operator or registry writes; re-read only when the file changes."""
+    """The lifecycle state the registry (chenu_agents.reconcile) writes; re-read only when the file changes.
+
+    `{"state": "paused", "version": "1.2.0", "fallback_agent": "estimator", ...}`: every key but `state` is
+    optional; a file that cannot be read or says something unknown leaves the last good state in force.
+    """
 
     def __init__(self, path: Path | None):
         self.path = path
@@ -402,7 +428,7 @@ class StateFile:
             self._stamp, self._state = None, LifecycleState()
             return self._state
         except OSError as exc:
-            return LifecycleState(self._state.state, self._state.fallback_agent, str(exc))
+            return replace(self._state, error=str(exc))
         stamp = (st.st_mtime_ns, st.st_size)
         if stamp != self._stamp:
             self._state = self._read()
@@ -414,10 +440,43 @@ class StateFile:
         assert self.path is not None
         try:
             data = json.loads(self.path.read_bytes())
-            state = data["state"]
-            if state not in STATES:
-                raise ValueError(f"state {state!r} is not one of {', '.join(STATES)}")
-            fallback = data.get("fallback_agent")
-            return LifecycleState(state, str(fallback) if fallback else None)
+            if not isinstance(data, dict):
+                raise ValueError("not a JSON object")
+            return parse_state(data)
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            return LifecycleState(self._state.state, self._state.fallback_agent, f"{self.path}: {exc}")
+            return replace(self._state, error=f"{self.path}: {exc}")
+
+
+def parse_state(data: Mapping[str, Any]) -> LifecycleState:
+    """A state file's object as a LifecycleState; ValueError naming the field otherwise."""
+    state = data["state"]
+    if state not in STATES:
+        raise ValueError(f"state {state!r} is not one of {', '.join(STATES)}")
+    unknown = sorted(set(data) - _STATE_KEYS)
+    if unknown:
+        raise ValueError(f"unknown keys {unknown}")
+    visible = data.get("visible_to")
+    if visible is not None:
+        if not isinstance(visible, list) or any(role not in ROLES for role in visible):
+            raise ValueError(f"visible_to: a list of roles among {', '.join(ROLES)} (got {visible!r})")
+        visible = tuple(visible)
+    retry_after = data.get("retry_after", 30)
+    if not isinstance(retry_after, int) or retry_after < 0:
+        raise ValueError(f"retry_after: a whole number of seconds (got {retry_after!r})")
+
+    def text(key: str) -> str | None:
+        value = data.get(key)
+        return str(value) if value not in (None, "") else None
+
+    return LifecycleState(
+        state,
+        text("fallback_agent"),
+        None,
+        text("version"),
+        text("replacement"),
+        text("deprecation"),
+        text("sunset"),
+        text("reason"),
+        retry_after,
+        visible,
+    )

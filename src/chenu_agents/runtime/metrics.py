@@ -93,6 +93,13 @@ class Metrics:
         self.info = Gauge("chenu_agent_info", "The agent version this slot serves (1).", [*BASE, "digest"], registry=r)
         self.reloads = Counter("chenu_agent_reloads", "Bundle reloads by outcome.", ["slot", "outcome"], registry=r)
         self.in_flight = Gauge("chenu_agent_in_flight_requests", "Tasks being answered.", ["slot"], registry=r)
+        # Callers still using a version announced for deprecation (or deprecated), by token name.
+        self.deprecated_calls = Counter(
+            "chenu_agent_deprecated_calls",
+            "Task requests to a version announced for deprecation or deprecated, by caller (token name).",
+            [*BASE, "caller"],
+            registry=r,
+        )
         # Release flag (feature_flag setting): what the slot that evaluates it decided, and what it had to
         # answer itself because the variant could not. Forwarded tasks are counted by the variant's own
         # chenu_agent_requests, not here, so that each version's series hold only its own answers.

@@ -127,7 +127,7 @@ class TaskConsumer:
     async def _follow_lifecycle(self) -> None:
         """Consume while the agent is active; cancel the consumer while it is paused or deprecated."""
         while not self._stopping.is_set():
-            active = self.runtime.state.current().state == "active"
+            active = self.runtime.serves_tasks()
             if active and self._tag is None:
                 assert self._queue is not None
                 self._tag = await self._queue.consume(self._deliver, no_ack=False)
@@ -161,7 +161,7 @@ class TaskConsumer:
 
     async def _handle(self, message: AbstractIncomingMessage) -> None:
         rt = self.runtime
-        if rt.state.current().state != "active":
+        if not rt.serves_tasks():
             # Delivered just before the consumer was cancelled: back to the queue for an active slot.
             await message.nack(requeue=True)
             return
