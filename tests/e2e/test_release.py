@@ -2,7 +2,7 @@
 
 Each test makes its own version (a copy of the example, version above everything seen), releases it,
 and leaves the stack serving a good version. The local inventory's short steps (canary 5 % and 25 % for
-20 s each, checks every 2 s over 10 s windows, 2 s scrapes) keep each test within about two minutes.
+20 s each, checks every second over 10 s windows, 1 s scrapes) keep each test within about two minutes.
 """
 
 from __future__ import annotations
@@ -14,9 +14,14 @@ import time
 from pathlib import Path
 
 import pytest
+import requests
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
-from tests.e2e.ansible_run import run_playbook
+from chenu_agents.analysis import Histogram
+from tests.e2e.ansible_run import SECRETS, run_playbook
 from tests.e2e.release_support import (
+    SLOT_PORTS,
     load_summary,
     make_version,
     next_version,
@@ -156,3 +161,67 @@ def test_prometheus_stopped_mid_rollout_never_promotes(tmp_path):
     assert servers()[candidate]["weight"] == 0
     states = registry_versions()
     assert states[version] != "active" and states[good] == "active", states
+
+
+def _durations(slot: str) -> Histogram:
+    """The slot's request duration histogram as its runtime serves it (cumulative since its start)."""
+    text = requests.get(f"http://127.0.0.1:{SLOT_PORTS[slot]}/metrics", timeout=5).text
+    cumulative = {
+        float(sample.labels["le"]): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "chenu_agent_request_duration_seconds_bucket" and sample.labels.get("agent") == "legal_info"
+    }
+    return Histogram.from_cumulative(cumulative)
+
+
+def _stable_p95(slot: str, tasks: int = 80) -> float:
+    """p95 of what the stable slot's runtime measures for the synthetic load's task, from its own buckets."""
+    token = (SECRETS / "runtime_caller").read_text().strip()
+    before = _durations(slot)
+    with requests.Session() as session:
+        for _ in range(tasks):
+            answer = session.post(
+                f"http://127.0.0.1:{SLOT_PORTS[slot]}/v1/tasks",
+                json={"input": "Bonjour"},
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=10,
+            )
+            assert answer.status_code == 200, answer.text
+    after = _durations(slot)
+    assert after.bounds == before.bounds
+    window = Histogram(after.bounds, tuple(a - b for a, b in zip(after.counts, before.counts, strict=True)))
+    assert window.total == tasks
+    return window.quantile(0.95)
+
+
+def test_version_three_times_slower_is_taken_out_on_latency(tmp_path):
+    """No error at all, only slower: a candidate whose every answer takes stable's p95 twice more (so
+    its p95 is about 3x stable's) is taken out at the first step, the output naming latency."""
+    stable = stable_slot()
+    good = served_version(stable)
+    p95 = _stable_p95(stable)
+    added_ms = round(2 * p95 * 1000, 2)
+    version = next_version()
+    folder = make_version(tmp_path, version)
+    script_path = folder / "tests" / "scripted.yaml"
+    script = yaml.safe_load(script_path.read_text(encoding="utf-8"))
+    script["fault_profile"] = {"error_rate": 0.0, "added_latency_ms": added_ms}
+    script_path.write_text(yaml.safe_dump(script, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    run = release(folder)
+    out = run.output
+    assert run.returncode != 0, run.tail()
+    step = re.search(r"canary step 1/3: 5 %: (FAIL[^\n]*)", out)
+    assert step, (added_ms, _step_lines(out), run.tail())
+    line = step[1]
+    assert line.startswith("FAIL (latency") and "0.0 % errors" in line, line
+    ratio = float(re.search(r"canary p95 latency [\d.]+ m?s is ([\d.]+)x the baseline's", line)[1])
+    assert 2 < ratio < 6, (p95, added_ms, line)
+    assert "canary step 2/3" not in "".join(_step_lines(out)), _step_lines(out)
+    report = Path(re.search(r"report: (\S+\.md)", out)[1]).read_text()
+    assert "| 5 % | 5 % | **fail** | latency" in report, report
+    assert stable_slot() == stable and served_version(stable) == good
+    assert sum(v["weight"] for s, v in servers().items() if s != stable) == 0
+    assert registry_versions()[version] == "draft"
+    reason = registry_audit("legal_info", version)[-1]["reason"]
+    assert "decided by latency" in reason and "canary p95 latency" in reason, reason
