@@ -230,7 +230,9 @@ def ensure_verified(module):
     )
     changed = False
     if p["record"]:
-        changed = accepted.record(statement.agent, statement.version, dry_run=module.check_mode)
+        changed = accepted.record(
+            statement.agent, statement.version, digest=statement.digest, dry_run=module.check_mode
+        )
     return dict(changed=changed, signature=sig_path, statement=statement.to_dict())
 
 

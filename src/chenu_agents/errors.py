@@ -53,6 +53,10 @@ class KeyStoreError(ChenuError):
     """A signing key cannot be created, found, rotated or used."""
 
 
+class SigningError(ChenuError, ValueError):
+    """A statement cannot be signed as asked (bad agent name or version, validity out of bounds)."""
+
+
 class VerificationError(ChenuError):
     """A signed statement or its bundle must not be trusted."""
 
@@ -81,12 +85,20 @@ class ExpiredStatement(VerificationError):
     """The statement's expiry time has passed (or it is not yet valid)."""
 
 
+class StatementTooLong(ExpiredStatement):
+    """The statement claims a lifetime (expires_at - issued_at) longer than the verifier allows."""
+
+
 class StatementMismatch(VerificationError):
     """The statement is for another agent or version than the one being loaded (mix-and-match)."""
 
 
 class RollbackRefused(VerificationError):
     """The version is lower than the highest already accepted and no rollback was requested."""
+
+
+class VersionPinned(VerificationError):
+    """This version of the agent was accepted before with another digest, and no override was forced."""
 
 
 class LifecycleError(ChenuError):

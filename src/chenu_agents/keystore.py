@@ -11,7 +11,6 @@ import base64
 import contextlib
 import fcntl
 import hashlib
-import json
 import os
 import re
 import stat
@@ -26,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from .errors import KeyStoreError, Problem
 from .files import atomic_write
+from .safeload import Budget, load_json
 from .trust import (
     TrustedKey,
     TrustStore,
@@ -48,6 +48,7 @@ except ImportError:  # pragma: no cover - exercised only where hvac is absent
 DEFAULT_ROTATION_PERIOD = timedelta(hours=24)
 # What a dry run reports for a file key that does not exist yet: its id derives from the key itself.
 PENDING_FILE_KEY_ID = "file:pending"
+_KEYRING_BUDGET = Budget(max_bytes=8 * 1024 * 1024, max_depth=6)
 
 
 def _period(value: timedelta | float) -> timedelta:
@@ -140,7 +141,7 @@ class FileKeyStore(KeyStore):
             return []
         source = str(self.keyring_path)
         try:
-            data = json.loads(self.keyring_path.read_bytes())
+            data = load_json(self.keyring_path.read_bytes(), source, error=KeyStoreError, budget=_KEYRING_BUDGET)
             entries = data["keys"]
             for e in entries:
                 e["created_at"] = parse_time(e["created_at"])

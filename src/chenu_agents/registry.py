@@ -29,6 +29,7 @@ from typing import Any
 
 from . import semver
 from .errors import ChenuError, Problem
+from .safeload import check_agent_name
 
 MIGRATION_LOCK = 0x63686E75  # "chnu": pg_advisory_xact_lock key of the migrator
 _MIGRATION_NAME = re.compile(r"^(\d{4})_[a-z0-9_]+\.sql$")
@@ -320,6 +321,7 @@ class Registry:
     @contextmanager
     def locked(self, agent: str) -> Iterator[Transaction]:
         """A transaction holding the agent's row FOR UPDATE (created on first use)."""
+        check_agent_name(agent, file="(registry)", field="agent", error=RegistryError)
         with self.conn.transaction():
             self.conn.execute("INSERT INTO agents (name) VALUES (%s) ON CONFLICT DO NOTHING", (agent,))
             self.conn.execute("SELECT name FROM agents WHERE name = %s FOR UPDATE", (agent,))

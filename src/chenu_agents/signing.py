@@ -1,6 +1,12 @@
 """Signed statements about agent bundles: what was built (digest), for which agent and version, by which
 key, and until when it may be loaded.
 
+Freshness is bounded as TUF bounds it per role: whatever a statement claims, the verifier refuses one
+whose lifetime (expires_at - issued_at) exceeds `max_lifetime` (30 days by default), so a key stolen
+while current cannot sign, or back-date, a statement that outlives it by years. A version is pinned to
+the digest it was first accepted with: another build under the same version is refused unless forced,
+and a forced replacement is written as an audit row.
+
 Algorithm: RSASSA-PSS, SHA-256, MGF1-SHA256, 32-byte salt. PSS has a security proof and randomised
 signatures where PKCS#1 v1.5 has neither and a history of padding-oracle and lax-parser forgeries; with
 the salt pinned to the digest length (Vault transit's `salt_length=hash`), signatures made by Vault and
@@ -11,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import os
 import re
 from dataclasses import dataclass
@@ -27,13 +32,17 @@ from .errors import (
     Problem,
     RevokedKey,
     RollbackRefused,
+    SigningError,
     StatementMismatch,
+    StatementTooLong,
     TamperedBundle,
     UnknownKey,
     VerificationError,
 )
 from .files import atomic_write, canonical_json, file_digests
 from .keystore import KeyStore
+from .safeload import AGENT_NAME_EXPECTED, Budget, is_agent_name, load_json
+from .semver import VersionError
 from .semver import compare as semver_compare
 from .semver import parse as semver_parse
 from .trust import ALGORITHM, AcceptedVersions, TrustedKey, TrustStore, dump_json, format_time, parse_time, utc
@@ -41,7 +50,32 @@ from .trust import ALGORITHM, AcceptedVersions, TrustedKey, TrustStore, dump_jso
 STATEMENT_TYPE = "chenu.agents/statement/v1"
 CLOCK_SKEW = timedelta(minutes=5)
 DEFAULT_VALIDITY = timedelta(days=30)
-_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
+# The longest lifetime a verifier accepts, whatever the statement claims; signing refuses longer too.
+DEFAULT_MAX_LIFETIME = DEFAULT_VALIDITY
+_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}\Z")
+_KEY_ID = re.compile(r"^[A-Za-z0-9:._-]{1,200}\Z")
+# A signature file holds a statement of a few hundred bytes and a 2048- to 4096-bit signature.
+_ENVELOPE_BUDGET = Budget(max_bytes=64 * 1024, max_depth=4)
+
+
+class _FieldError(ValueError):
+    """A statement field is wrong: which one and what was expected (turned into a Problem)."""
+
+    def __init__(self, field: str, expected: str):
+        self.field, self.expected = field, expected
+        super().__init__(f"statement {field}: {expected}")
+
+
+def _check_version(version: object) -> str:
+    if not isinstance(version, str) or version != version.strip():
+        raise _FieldError("version", f"a semantic version string such as 1.2.0 (got {str(version)[:40]!r})")
+    try:
+        semver_parse(version)
+    except VersionError:
+        raise _FieldError("version", f"a semantic version string such as 1.2.0 (got {version[:40]!r})") from None
+    return version
+
+
 _FIELDS = ("agent", "version", "digest", "key_id", "issued_at", "expires_at")
 
 
@@ -55,15 +89,23 @@ class Statement:
     expires_at: datetime
 
     def __post_init__(self) -> None:
-        for name in ("agent", "version", "key_id"):
-            if not isinstance(getattr(self, name), str) or not getattr(self, name):
-                raise ValueError(f"statement {name} must be a non-empty string")
+        if not is_agent_name(self.agent):
+            raise _FieldError("agent", f"{AGENT_NAME_EXPECTED} (got {str(self.agent)[:80]!r})")
+        _check_version(self.version)
+        if not isinstance(self.key_id, str) or not _KEY_ID.match(self.key_id):
+            raise _FieldError(
+                "key_id", f"a key id of 1 to 200 letters, digits or ':._-' (got {str(self.key_id)[:80]!r})"
+            )
         if not isinstance(self.digest, str) or not _DIGEST.match(self.digest):
-            raise ValueError(f"statement digest {self.digest!r} is not 'sha256:<64 lowercase hex>'")
+            raise _FieldError("digest", f"'sha256:<64 lowercase hex>' (got {str(self.digest)[:80]!r})")
         object.__setattr__(self, "issued_at", utc(self.issued_at))
         object.__setattr__(self, "expires_at", utc(self.expires_at))
         if self.expires_at <= self.issued_at:
-            raise ValueError("statement expires_at must be later than issued_at")
+            raise _FieldError("expires_at", "a time later than issued_at")
+
+    @property
+    def lifetime(self) -> timedelta:
+        return self.expires_at - self.issued_at
 
     def to_dict(self) -> dict[str, str]:
         return {
@@ -82,19 +124,27 @@ class Statement:
     @classmethod
     def from_dict(cls, data: Any) -> Statement:
         if not isinstance(data, dict):
-            raise ValueError("statement must be a JSON object")
+            raise _FieldError("(root)", "a JSON object")
         expected = {"type", *_FIELDS}
         if set(data) != expected:
-            raise ValueError(f"statement fields {sorted(data)} differ from {sorted(expected)}")
+            raise _FieldError(
+                "(fields)", f"exactly {', '.join(sorted(expected))} (got {', '.join(sorted(data))[:200]})"
+            )
         if data["type"] != STATEMENT_TYPE:
-            raise ValueError(f"statement type {data['type']!r} is not {STATEMENT_TYPE!r}")
+            raise _FieldError("type", f"{STATEMENT_TYPE!r} (got {str(data['type'])[:80]!r})")
+        times = {}
+        for name in ("issued_at", "expires_at"):
+            try:
+                times[name] = parse_time(data[name])
+            except ValueError:
+                raise _FieldError(name, f"a UTC time YYYY-MM-DDTHH:MM:SSZ (got {str(data[name])[:40]!r})") from None
         return cls(
             agent=data["agent"],
             version=data["version"],
             digest=data["digest"],
             key_id=data["key_id"],
-            issued_at=parse_time(data["issued_at"]),
-            expires_at=parse_time(data["expires_at"]),
+            issued_at=times["issued_at"],
+            expires_at=times["expires_at"],
         )
 
 
@@ -116,13 +166,24 @@ def sign_bundle(
     validity: timedelta = DEFAULT_VALIDITY,
     now: datetime | None = None,
     signature_path: str | os.PathLike[str] | None = None,
+    max_lifetime: timedelta = DEFAULT_MAX_LIFETIME,
 ) -> Statement:
     """Sign a statement about the bundle with the key store's current key; write `<bundle>.sig` atomically."""
     bundle_path = Path(bundle_path)
     sig_path = Path(signature_path) if signature_path else signature_path_for(bundle_path)
-    semver_parse(version)
-    if validity <= timedelta(0):
-        raise ValueError(f"validity must be positive, got {validity}")
+    if not is_agent_name(agent):
+        raise SigningError(
+            f"cannot sign {bundle_path}: {agent!r} is not an agent name",
+            [Problem("(argument)", "agent", f"{AGENT_NAME_EXPECTED} (got {str(agent)[:80]!r})")],
+        )
+    semver_parse(version)  # VersionError says what a semantic version looks like
+    if version != version.strip():
+        raise SigningError(f"cannot sign {bundle_path}", [Problem("(argument)", "version", "no spaces or line breaks")])
+    if not timedelta(0) < validity <= max_lifetime:
+        raise SigningError(
+            f"cannot sign {bundle_path} for {validity}",
+            [Problem("(argument)", "validity", f"more than 0 and at most {max_lifetime} (the verifiers' bound)")],
+        )
     key_id = keystore.current_key_id()
     if key_id is None:
         raise KeyStoreError(f"no current signing key in {keystore!r}: run ensure_key first")
@@ -155,20 +216,29 @@ def _read_envelope(sig_path: Path, where: str) -> tuple[dict[str, Any], str, byt
         return BadSignature(f"{where}: malformed signature file", [Problem(str(sig_path), field, expected)])
 
     try:
-        envelope = json.loads(sig_path.read_bytes())
+        with open(sig_path, "rb") as handle:
+            raw = handle.read(_ENVELOPE_BUDGET.max_bytes + 1)
     except FileNotFoundError:
-        raise BadSignature(f"{where}: signature file {sig_path} is missing") from None
-    except (OSError, ValueError) as exc:
-        raise bad("(file)", f"readable JSON ({exc})") from None
-    if not isinstance(envelope, dict):
-        raise bad("(root)", "a JSON object with statement, signature, algorithm")
+        raise BadSignature(
+            f"{where}: signature file {sig_path} is missing", [Problem(str(sig_path), "(file)", "a signature file")]
+        ) from None
+    except OSError as exc:
+        raise bad("(file)", f"a readable file ({exc.strerror})") from None
+    try:
+        envelope = load_json(raw, str(sig_path), error=BadSignature, budget=_ENVELOPE_BUDGET)
+    except BadSignature as exc:
+        raise BadSignature(f"{where}: malformed signature file", exc.problems) from None
+    if not isinstance(envelope, dict) or set(envelope) != {"statement", "signature", "algorithm"}:
+        raise bad("(root)", "a JSON object with exactly statement, signature, algorithm")
     if envelope.get("algorithm") != ALGORITHM:
-        raise bad("algorithm", f"{ALGORITHM!r}, got {envelope.get('algorithm')!r}")
+        raise bad("algorithm", f"{ALGORITHM!r}, got {str(envelope.get('algorithm'))[:40]!r}")
     statement = envelope.get("statement")
     if not isinstance(statement, dict) or not isinstance(statement.get("key_id"), str):
         raise bad("statement", "an object with a key_id string")
+    if not isinstance(envelope["signature"], str):
+        raise bad("signature", "a base64 string")
     try:
-        signature = base64.b64decode(str(envelope.get("signature", "")), validate=True)
+        signature = base64.b64decode(envelope["signature"], validate=True)
     except (binascii.Error, ValueError):
         raise bad("signature", "base64") from None
     if not signature:
@@ -187,19 +257,28 @@ def verify_bundle(
     accepted: AcceptedVersions | None = None,
     allow_rollback: bool = False,
     record: bool = False,
+    max_lifetime: timedelta = DEFAULT_MAX_LIFETIME,
+    force_digest: bool = False,
+    reason: str | None = None,
 ) -> Statement:
     """The verified statement, or the VerificationError subclass of the first check that fails.
 
-    Order: key known, signature, revocation, key window, freshness, expected agent/version, bundle
-    digest, rollback. Nothing from the signature file is used beyond picking the key until the
-    signature over it has verified; the digest (the costly check) runs only for a fully trusted
-    statement. `record` raises the accepted version only after every check passed.
+    Order: key known, signature, revocation, key window, lifetime, freshness, expected agent/version,
+    bundle digest, rollback, digest pin. Nothing from the signature file is used beyond picking the
+    key until the signature over it has verified; the digest (the costly check) runs only for a fully
+    trusted statement. `record` raises the accepted version and pins its digest only after every check
+    passed; `force_digest` lets another digest replace a pinned one (an audit row, with `reason`).
     """
     bundle_path = Path(bundle_path)
     sig_path = Path(signature_path) if signature_path else signature_path_for(bundle_path)
     where = f"{bundle_path} (signature {sig_path})"
     if record and accepted is None:
         raise ValueError("record=True needs an AcceptedVersions to record into")
+    if agent is not None and not is_agent_name(agent):
+        raise StatementMismatch(
+            f"{where}: the expected agent {str(agent)[:80]!r} is not an agent name",
+            [Problem("(argument)", "agent", AGENT_NAME_EXPECTED)],
+        )
     now = utc(now)
 
     raw, key_id, signature = _read_envelope(sig_path, where)
@@ -214,8 +293,14 @@ def verify_bundle(
         raise BadSignature(f"{where}: signature does not verify under key {key_id} (wrong key or altered statement)")
     try:
         statement = Statement.from_dict(raw)
+    except _FieldError as exc:
+        raise VerificationError(
+            f"{where}: signed statement is malformed", [Problem(str(sig_path), f"statement.{exc.field}", exc.expected)]
+        ) from None
     except (TypeError, ValueError) as exc:
-        raise VerificationError(f"{where}: signed statement is malformed: {exc}") from None
+        raise VerificationError(
+            f"{where}: signed statement is malformed", [Problem(str(sig_path), "statement", str(exc)[:200])]
+        ) from None
 
     if key.revoked_at is not None:
         raise RevokedKey(f"{where}: key {key_id} was revoked at {format_time(key.revoked_at)}")
@@ -224,6 +309,13 @@ def verify_bundle(
         raise KeyNotValid(
             f"{where}: issued at {format_time(statement.issued_at)}, outside the signing window of "
             f"{key_id} [{format_time(key.valid_from)}, {until}]"
+        )
+    if statement.lifetime > max_lifetime:
+        raise StatementTooLong(
+            f"{where}: statement claims a lifetime of {statement.lifetime} "
+            f"({format_time(statement.issued_at)} to {format_time(statement.expires_at)}); at most {max_lifetime} "
+            "is accepted",
+            [Problem(str(sig_path), "statement.expires_at", f"at most {max_lifetime} after issued_at")],
         )
     if now > statement.expires_at:
         raise ExpiredStatement(f"{where}: statement expired at {format_time(statement.expires_at)}")
@@ -251,14 +343,18 @@ def verify_bundle(
                 f"{where}: {statement.agent} {statement.version} is lower than {highest}, already accepted; "
                 "pass allow_rollback to load it anyway"
             )
+        accepted.check_pin(statement.agent, statement.version, statement.digest, where=where, force=force_digest)
         if record:
-            accepted.record(statement.agent, statement.version)
+            accepted.record(
+                statement.agent, statement.version, digest=statement.digest, force=force_digest, reason=reason, now=now
+            )
     return statement
 
 
 __all__ = [
     "ALGORITHM",
     "CLOCK_SKEW",
+    "DEFAULT_MAX_LIFETIME",
     "STATEMENT_TYPE",
     "AcceptedVersions",
     "Statement",

@@ -20,8 +20,10 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from .errors import Problem, VerificationError
+from .errors import Problem, VerificationError, VersionPinned
 from .files import atomic_write
+from .safeload import Budget, check_agent_name, is_agent_name, load_json
+from .semver import VersionError
 from .semver import compare as semver_compare
 from .semver import parse as semver_parse
 
@@ -75,13 +77,22 @@ def dump_json(obj: Any) -> bytes:
     return (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode()
 
 
+# Trust stores, accepted-versions records: small files, shallow JSON.
+_STATE_BUDGET = Budget(max_bytes=8 * 1024 * 1024, max_depth=8)
+
+
 def _load_json(path: Path, what: str) -> Any:
     try:
-        return json.loads(path.read_bytes())
-    except (OSError, ValueError) as exc:
+        with open(path, "rb") as handle:
+            raw = handle.read(_STATE_BUDGET.max_bytes + 1)
+    except OSError as exc:
         raise VerificationError(
-            f"cannot read {what} {path}", [Problem(str(path), "(file)", f"readable JSON ({exc})")]
+            f"cannot read {what} {path}", [Problem(str(path), "(file)", f"a readable file ({exc.strerror})")]
         ) from None
+    try:
+        return load_json(raw, str(path), error=VerificationError, budget=_STATE_BUDGET)
+    except VerificationError as exc:
+        raise VerificationError(f"cannot read {what} {path}", exc.problems) from None
 
 
 # --- trust store -----------------------------------------------------------------------------------
@@ -214,11 +225,21 @@ class TrustStore:
         atomic_write(path, dump_json(self.to_dict()), 0o644)
 
 
-# --- accepted versions (anti-rollback) -------------------------------------------------------------
+# --- accepted versions (anti-rollback) and the digest each version was accepted with (pinning) ---------
+
+
+def pin_key(version: str) -> str:
+    """The version a pin is kept under: build metadata dropped, since 1.2.0+b2 is 1.2.0 to semver."""
+    v = semver_parse(version)
+    return str(replace(v, build=""))
 
 
 class AcceptedVersions:
-    """Highest version accepted per agent: {agent: version}, in one JSON file."""
+    """Highest version accepted per agent, {agent: version}, in one JSON file; beside it
+    (`<name>.digests.json`) the digest each version was first accepted with, and every forced change
+    of one, as an append-only list of audit rows. The main file keeps its simple shape: the runtime,
+    deploy and the playbooks read it.
+    """
 
     def __init__(self, path: str | os.PathLike[str]):
         self.path = Path(path)
@@ -226,14 +247,41 @@ class AcceptedVersions:
     def __repr__(self) -> str:
         return f"AcceptedVersions({str(self.path)!r})"
 
+    @property
+    def digests_path(self) -> Path:
+        return self.path.with_name(f"{self.path.stem}.digests.json")
+
     def load(self) -> dict[str, str]:
         if not self.path.exists():
             return {}
         data = _load_json(self.path, "accepted versions file")
-        if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
+        if not isinstance(data, dict) or not all(is_agent_name(k) and isinstance(v, str) for k, v in data.items()):
             raise VerificationError(
                 f"malformed accepted versions file {self.path}",
                 [Problem(str(self.path), "(root)", "a mapping of agent name to version string")],
+            )
+        return data
+
+    def load_digests(self) -> dict[str, Any]:
+        """{"pins": {agent: {version: digest}}, "overrides": [audit rows]}."""
+        if not self.digests_path.exists():
+            return {"pins": {}, "overrides": []}
+        data = _load_json(self.digests_path, "accepted digests file")
+        pins = data.get("pins") if isinstance(data, dict) else None
+        overrides = data.get("overrides") if isinstance(data, dict) else None
+        if (
+            not isinstance(pins, dict)
+            or not isinstance(overrides, list)
+            or not all(
+                is_agent_name(agent)
+                and isinstance(versions, dict)
+                and all(isinstance(v, str) and isinstance(d, str) for v, d in versions.items())
+                for agent, versions in pins.items()
+            )
+        ):
+            raise VerificationError(
+                f"malformed accepted digests file {self.digests_path}",
+                [Problem(str(self.digests_path), "pins", "{agent: {version: digest}} and a list of overrides")],
             )
         return data
 
@@ -244,18 +292,79 @@ class AcceptedVersions:
         highest = self.highest(agent)
         return highest is not None and semver_compare(version, highest) < 0
 
-    def record(self, agent: str, version: str, *, dry_run: bool = False) -> bool:
-        """Raise the agent's highest accepted version to `version`; never lowers it. Returns changed."""
-        semver_parse(version)
+    def pinned(self, agent: str, version: str) -> str | None:
+        """The digest this version (build metadata ignored) was accepted with, or None."""
+        return self.load_digests()["pins"].get(agent, {}).get(pin_key(version))
+
+    def check_pin(self, agent: str, version: str, digest: str, *, where: str = "", force: bool = False) -> None:
+        """VersionPinned when this version was accepted with another digest, unless forced."""
+        pinned = self.pinned(agent, version)
+        if pinned is not None and pinned != digest and not force:
+            raise VersionPinned(
+                f"{where or agent}: {agent} {version} was accepted before with digest {pinned}; this bundle hashes "
+                f"to {digest}. A version names one build: bump the version, or force the replacement "
+                "(recorded in the audit rows of the accepted digests file)",
+                [Problem(str(self.digests_path), f"pins.{agent}.{pin_key(version)}", f"{pinned} (got {digest})")],
+            )
+
+    def record(
+        self,
+        agent: str,
+        version: str,
+        *,
+        digest: str | None = None,
+        force: bool = False,
+        reason: str | None = None,
+        now: datetime | None = None,
+        dry_run: bool = False,
+    ) -> bool:
+        """Raise the agent's highest accepted version to `version` (never lowers it) and pin `digest` to
+        it. A different digest for a pinned version needs `force`, and writes an audit row. Returns changed."""
+        check_agent_name(agent, file=str(self.path), field="agent", error=VerificationError)
+        try:
+            semver_parse(version)
+        except VersionError as exc:
+            raise VerificationError(str(exc), [Problem(str(self.path), "version", "a semantic version")]) from None
         data = self.load()
         current = data.get(agent)
-        if current is not None and semver_compare(version, current) <= 0:
-            return False
-        if not dry_run:
+        raise_highest = current is None or semver_compare(version, current) > 0
+        pins_changed = False
+        if digest is not None:
+            self.check_pin(agent, version, digest, where=str(self.path), force=force)
+            pins_changed = self.pinned(agent, version) != digest
+        if dry_run or not (raise_highest or pins_changed):
+            return raise_highest or pins_changed
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if pins_changed:
+            # The pin first: a crash in between leaves a pin for a version not yet recorded as highest,
+            # which only ever refuses another build of it.
+            state = self.load_digests()
+            key = pin_key(version)
+            previous = state["pins"].setdefault(agent, {}).get(key)
+            state["pins"][agent][key] = digest
+            if previous is not None:
+                state["overrides"].append(
+                    {
+                        "at": format_time(utc(now)),
+                        "agent": agent,
+                        "version": version,
+                        "previous_digest": previous,
+                        "digest": digest,
+                        "actor": _actor(),
+                        "reason": reason or "forced",
+                    }
+                )
+            atomic_write(self.digests_path, dump_json(state), 0o644)
+        if raise_highest:
             data[agent] = version
-            self.path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(self.path, dump_json(data), 0o644)
         return True
+
+
+def _actor() -> str:
+    from .lifecycle import default_actor  # the one definition of who acts (AWX user, sudo user, login)
+
+    return default_actor()
 
 
 __all__ = [
@@ -265,5 +374,6 @@ __all__ = [
     "TrustedKey",
     "format_time",
     "parse_time",
+    "pin_key",
     "utc",
 ]

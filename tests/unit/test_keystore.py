@@ -511,6 +511,6 @@ def test_real_vault_round_trip(tmp_path: Path) -> None:
     bundle = tmp_path / "b"
     bundle.write_bytes(os.urandom(4096))
     time.sleep(1.1)  # the key's window starts on Vault's clock, the statement's on ours
-    before = sign_bundle(bundle, store, agent="a", version="1.0.0")
+    before = sign_bundle(bundle, store, agent="abc", version="1.0.0")
     assert store.rotate(force=True) == (True, f"vault:{name}:v2")
     assert verify_bundle(bundle, store.trust_store()) == before

@@ -103,9 +103,9 @@ def test_signature_file_format(world: World) -> None:
 
 
 def test_canonical_bytes_are_sorted_and_compact() -> None:
-    s = Statement("a", "1.0.0", "sha256:" + "0" * 64, "file:x", NOW, NOW + DAY)
+    s = Statement("abc", "1.0.0", "sha256:" + "0" * 64, "file:x", NOW, NOW + DAY)
     assert s.canonical_bytes() == (
-        b'{"agent":"a","digest":"sha256:' + b"0" * 64 + b'","expires_at":"2026-01-02T12:00:00Z",'
+        b'{"agent":"abc","digest":"sha256:' + b"0" * 64 + b'","expires_at":"2026-01-02T12:00:00Z",'
         b'"issued_at":"2026-01-01T12:00:00Z","key_id":"file:x","type":"chenu.agents/statement/v1",'
         b'"version":"1.0.0"}'
     )
@@ -119,12 +119,17 @@ def test_canonical_bytes_are_sorted_and_compact() -> None:
         ({"digest": "sha256:ABC"}, "digest"),
         ({"digest": "md5:" + "0" * 64}, "digest"),
         ({"agent": ""}, "agent"),
+        ({"agent": "../../etc"}, "agent name"),
+        ({"agent": "abc\n"}, "agent name"),
+        ({"agent": "\u0430bc"}, "agent name"),  # Cyrillic a
+        ({"version": "1.2"}, "semantic version"),
+        ({"version": "1.2.0\n"}, "semantic version"),
         ({"expires_at": NOW}, "later than"),
     ],
 )
 def test_statement_refuses_bad_fields(kwargs: dict, message: str) -> None:
     base = {
-        "agent": "a",
+        "agent": "abc",
         "version": "1.0.0",
         "digest": "sha256:" + "0" * 64,
         "key_id": "k",
@@ -137,7 +142,7 @@ def test_statement_refuses_bad_fields(kwargs: dict, message: str) -> None:
 
 def test_statement_times_are_normalised_to_utc_seconds() -> None:
     paris = datetime(2026, 1, 1, 13, 0, 0, 999999, tzinfo=timezone(HOUR))
-    s = Statement("a", "1.0.0", "sha256:" + "0" * 64, "k", paris, paris + DAY)
+    s = Statement("abc", "1.0.0", "sha256:" + "0" * 64, "k", paris, paris + DAY)
     assert s.issued_at == NOW and s.issued_at.tzinfo is UTC
     assert s.to_dict()["issued_at"] == "2026-01-01T12:00:00Z"
 
@@ -157,7 +162,7 @@ def test_sign_without_key_writes_nothing(tmp_path: Path) -> None:
     bundle = tmp_path / "b"
     bundle.write_bytes(b"x")
     with pytest.raises(errors.KeyStoreError, match="ensure_key"):
-        sign_bundle(bundle, FileKeyStore(tmp_path / "keys"), agent="a", version="1.0.0")
+        sign_bundle(bundle, FileKeyStore(tmp_path / "keys"), agent="abc", version="1.0.0")
     assert not Path(f"{bundle}.sig").exists()
 
 
@@ -406,17 +411,17 @@ def test_record_needs_a_store(world: World) -> None:
 
 def test_accepted_versions_file(tmp_path: Path) -> None:
     acc = AcceptedVersions(tmp_path / "sub" / "accepted.json")
-    assert acc.highest("a") is None
-    assert acc.record("a", "1.0.0", dry_run=True) is True
+    assert acc.highest("aaa") is None
+    assert acc.record("aaa", "1.0.0", dry_run=True) is True
     assert not acc.path.exists()
-    assert acc.record("a", "1.0.0") is True
-    assert acc.record("a", "1.0.0") is False
-    assert acc.record("a", "0.9.0") is False
-    assert acc.record("b", "0.1.0") is True
-    assert json.loads(acc.path.read_text()) == {"a": "1.0.0", "b": "0.1.0"}
+    assert acc.record("aaa", "1.0.0") is True
+    assert acc.record("aaa", "1.0.0") is False
+    assert acc.record("aaa", "0.9.0") is False
+    assert acc.record("bbb", "0.1.0") is True
+    assert json.loads(acc.path.read_text()) == {"aaa": "1.0.0", "bbb": "0.1.0"}
     acc.path.write_text('["not", "a", "mapping"]')
     with pytest.raises(errors.VerificationError, match="accepted versions"):
-        acc.highest("a")
+        acc.highest("aaa")
 
 
 # --- rotation and revocation over time ---------------------------------------------------------------

@@ -19,7 +19,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-import yaml
 from jinja2 import Template
 from jinja2.exceptions import TemplateError
 from jinja2.sandbox import SandboxedEnvironment
@@ -37,6 +36,7 @@ from chenu_agents.errors import (
     TaskError,
 )
 from chenu_agents.providers import Chain, ToolCall
+from chenu_agents.safeload import load_yaml_data
 from chenu_agents.sandbox import Limits, Permissions, SandboxResult
 from chenu_agents.signing import Statement, verify_bundle
 from chenu_agents.trust import AcceptedVersions, TrustStore
@@ -265,10 +265,9 @@ class LoadedAgent:
 
 
 def _yaml(files: dict[str, bytes], name: str) -> Any:
-    try:
-        return yaml.safe_load(files[name].decode("utf-8"))
-    except (KeyError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise BundleError(f"bundle file {name} is unusable", [Problem(name, "(file)", f"UTF-8 YAML ({exc})")]) from None
+    if name not in files:
+        raise BundleError(f"bundle file {name} is missing", [Problem(name, "(file)", "UTF-8 YAML")])
+    return load_yaml_data(files[name], name, error=BundleError)  # bounded: aliases counted expanded
 
 
 def _examples(files: dict[str, bytes]) -> tuple[tuple[str, str], ...]:
@@ -380,5 +379,5 @@ def load_agent(config: RuntimeConfig, *, now: datetime | None = None) -> LoadedA
         max_rounds=config.max_rounds,
         load_s=time.perf_counter() - started,
     )
-    accepted.record(statement.agent, statement.version)
+    accepted.record(statement.agent, statement.version, digest=statement.digest)
     return loaded

@@ -37,9 +37,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
-import yaml
-
 from chenu_agents.errors import Problem, RuntimeConfigError
+from chenu_agents.safeload import load_yaml_data
 
 ENV_PREFIX = "CHENU_RUNTIME_"
 # Roles of bearer tokens. Rank decides the admin endpoints (operator: status, admin: reload); which roles may
@@ -285,13 +284,12 @@ class RuntimeConfig:
         if path is not None:
             source = str(path)
             try:
-                loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+                # Bounded: bytes, nodes with aliases counted expanded, depth, no duplicate key.
+                loaded = load_yaml_data(Path(path).read_bytes(), source, error=RuntimeConfigError)
             except OSError as exc:
                 raise RuntimeConfigError(
                     f"cannot read {path}", [Problem(source, "(file)", f"a readable file ({exc.strerror})")]
                 ) from None
-            except yaml.YAMLError as exc:
-                raise RuntimeConfigError(f"{path} is not YAML/JSON", [Problem(source, "(file)", str(exc))]) from None
             if loaded is not None and not isinstance(loaded, dict):
                 raise RuntimeConfigError(f"{path}: expected a mapping", [Problem(source, "(root)", "a mapping")])
             data.update(loaded or {})
@@ -360,8 +358,8 @@ class Tokens:
             return cls()
         where = str(path)
         try:
-            data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        except (OSError, yaml.YAMLError) as exc:
+            data = load_yaml_data(Path(path).read_bytes(), where, error=RuntimeConfigError) or {}
+        except OSError as exc:
             raise RuntimeConfigError(f"cannot read tokens file {path}", [Problem(where, "(file)", str(exc))]) from None
         entries = data.get("tokens") if isinstance(data, dict) else None
         if not isinstance(entries, list):
