@@ -23,6 +23,11 @@ description:
     to pass, and each capability or tool that the previous registered version did not have to be named
     in O(approved_capabilities) or O(approved_tools).
   - The state machine, what each action does, and the audit trail are described in docs/lifecycle.md.
+  - Returns RV(serving), the registry's view of every version of the agent after the request (state,
+    replacement, deprecation announced, sunset, reason), which M(chenu.agents.agent_reconcile) carries to
+    the runtime slots and load balancers serving them (C(playbooks/lifecycle.yml) does both in one run).
+  - O(action=scale) records the replica count asked for in the audit trail, then fails saying that
+    nothing applies it yet (the scale-out issue).
 author:
   - chenu.agents maintainers (@chenu-agents)
 extends_documentation_fragment:
@@ -47,11 +52,14 @@ options:
     description:
       - Action to take. Transitions - validate, reject, approve, rollback_to_testing, deploy, pause,
         resume, deprecate, restore, archive, clone. Operations that keep the state - edit, test, delete,
-        hotfix, scale, delete_permanent. C(register) registers a new version in draft.
+        hotfix, scale, delete_permanent, announce_deprecation. C(register) registers a new version in draft.
+      - C(announce_deprecation) (active or paused) records C(sunset) and C(replacement) from O(details)
+        (defaults - 30 days on, and the highest other active version); the version's answers then carry
+        the Deprecation and Sunset headers until it is deprecated.
       - Mutually exclusive with O(state).
     type: str
     choices: [register, validate, reject, approve, rollback_to_testing, deploy, pause, resume, deprecate,
-              restore, archive, clone, edit, test, delete, hotfix, scale, delete_permanent]
+              restore, archive, clone, edit, test, delete, hotfix, scale, delete_permanent, announce_deprecation]
   reason:
     description: Why; recorded in the audit trail.
     type: str
@@ -101,7 +109,8 @@ options:
     default: []
   details:
     description:
-      - Extra facts recorded in the audit row (for O(action=scale), C(replicas) is required).
+      - Extra facts recorded in the audit row (for O(action=scale), C(replicas) is required; for
+        O(action=announce_deprecation), C(sunset) and C(replacement) are read from here).
     type: dict
     default: {}
   run_tests:
@@ -223,6 +232,19 @@ source_version:
   description: For clone and hotfix, the version the new one comes from.
   returned: when O(action=clone) or O(action=hotfix)
   type: str
+serving:
+  description:
+    - The registry's view of the agent's versions after the request (in check mode, as it would be),
+      for M(chenu.agents.agent_reconcile) - C(agent), C(versions) (by version - state, replacement,
+      deprecation, sunset, reason), C(release_in_progress) (a release holds the agent's lock), and
+      C(transition) (C(version), C(from), C(to)) when this request moved a version.
+  returned: success
+  type: dict
+  sample:
+    agent: legal_info
+    versions: {"1.2.0": {state: paused, replacement: null, deprecation: null, sunset: null, reason: incident 42}}
+    release_in_progress: false
+    transition: {version: 1.2.0, from: active, to: paused}
 migrations:
   description: Registry schema migrations applied by this run (empty when the schema was up to date).
   returned: success
@@ -258,6 +280,7 @@ ACTIONS = [
     "hotfix",
     "scale",
     "delete_permanent",
+    "announce_deprecation",
 ]
 
 
@@ -299,6 +322,19 @@ def build_request(p):
     )
 
 
+def serving_view(registry, outcome):
+    from chenu_agents import reconcile
+
+    view = reconcile.registry_view(registry, outcome.agent)
+    moved = outcome.transition if outcome.transition and outcome.state else None
+    if moved:
+        view["transition"] = {"version": outcome.version, "from": moved["from"], "to": moved["to"]}
+        known = view["versions"].get(outcome.version)
+        if known is not None:  # check mode: the registry has not moved; show what it would say
+            known["state"] = outcome.state
+    return view
+
+
 def ensure(module):
     from chenu_agents import agent_tests, lifecycle
 
@@ -310,6 +346,7 @@ def ensure(module):
     with open_registry(p["registry"]) as registry, registry_errors():
         outcome = lifecycle.apply(registry, request, gates=gates, check_mode=module.check_mode)
         result = outcome.to_dict()
+        result["serving"] = serving_view(registry, outcome)
         result["migrations"] = registry.applied
     if module._diff:
         header = f"{outcome.agent} {outcome.version}"

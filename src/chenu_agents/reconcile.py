@@ -472,3 +472,61 @@ class FrontendMaps:
                 if answer:
                     raise ReconcileError(f"add map {path} {plan.agent}: {answer}")
         return changes
+
+
+def reconcile_slots(
+    slots: Iterable[tuple[Any, Any]],
+    view: Mapping[str, Any],
+    *,
+    host: str,
+    token: str | None,
+    fallback_agent: str | None = None,
+    stop: bool = False,
+    check_mode: bool = False,
+    timeout_s: float = 30.0,
+    drain_timeout_s: float = 300.0,
+) -> dict[str, Any]:
+    """Every slot of one host: read, decide, carry out (not in check mode), check.
+
+    `slots`: (deploy.Slot, service control) pairs. Returns {slots: [plan + done], drift, changed}; raises one
+    ReconcileError naming every slot that did not follow, after trying them all.
+    """
+    results, failures = [], []
+    for slot, control in slots:
+        report = read_slot(slot, host=host, token=token)
+        plan = decide_slot(report, view, fallback_agent=fallback_agent, transition=view.get("transition"))
+        entry = {**plan.to_dict(), "before": dict(report.file or {}) or None, "running": report.running}
+        entry["stop"] = plan.stop and stop
+        entry["pending_stop"] = plan.stop and not stop
+        if not check_mode:
+            try:
+                entry["done"] = apply_slot(
+                    plan, slot, control, token=token, stop=stop, timeout_s=timeout_s, drain_timeout_s=drain_timeout_s
+                )
+            except ChenuError as exc:  # a service that would not start or stop, a runtime that did not follow
+                failures.append(exc)
+                entry["error"] = str(exc)
+        results.append(entry)
+    if failures:
+        problems = [p for exc in failures for p in exc.problems]
+        raise ReconcileError("; ".join(str(exc).splitlines()[0] for exc in failures), problems)
+    changed = any(e["write"] or e["start"] or e["stop"] for e in results)
+    return {"slots": results, "drift": [d for e in results for d in e["drift"]], "changed": changed}
+
+
+def reconcile_frontend(
+    maps: FrontendMaps,
+    agent: str,
+    view: Mapping[str, Any],
+    slot_versions: Mapping[str, str | None],
+    *,
+    fallback_agent: str | None = None,
+    check_mode: bool = False,
+) -> dict[str, Any]:
+    """One load balancer: the agent's frontend routed to the fallback, answering 410, or left to its slots."""
+    weights = maps.weights(agent)
+    slots = [{"slot": name, "weight": weight, "version": slot_versions.get(name)} for name, weight in weights.items()]
+    plan = decide_frontend(agent, slots, view, fallback_agent=fallback_agent, backends=maps.backends())
+    before = maps.current(agent)
+    changes = maps.apply(plan, check_mode=check_mode)
+    return {"frontend": plan.to_dict(), "slots": slots, "before": before, "changes": changes, "changed": bool(changes)}
