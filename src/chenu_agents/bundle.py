@@ -355,7 +355,8 @@ def _check_manifest(files: dict[str, bytes], where: str, limits: Limits | None =
             raise VersionError("not a string")
         semver_parse(version)
     except VersionError:
-        raise malformed("version", f"a semantic version string such as 1.2.0 (got {str(version)[:40]!r})") from None
+        got = repr(version[:40]) if isinstance(version, str) else f"{type(version).__name__} {version!r:.40}"
+        raise malformed("version", f"a semantic version string such as 1.2.0 (got {got})") from None
     listed = manifest.get("files")
     if not isinstance(listed, dict):
         raise malformed("files", "an object of path -> {sha256, size}")
