@@ -346,9 +346,12 @@ def _check_manifest(files: dict[str, bytes], where: str, limits: Limits | None =
     if extra:
         raise malformed(extra[0], "only format, agent, version and files")
     check_agent_name(
-        manifest.get("agent"), file=f"{where}: {MANIFEST}", field="agent", error=BundleError,
+        manifest.get("agent"),
+        file=f"{where}: {MANIFEST}",
+        field="agent",
+        error=BundleError,
         message=f"{where}: manifest is malformed",
-    )  # fmt: skip
+    )
     version = manifest.get("version")
     try:
         if not isinstance(version, str) or version != version.strip():
@@ -379,9 +382,13 @@ def _check_manifest(files: dict[str, bytes], where: str, limits: Limits | None =
     for name in sorted(present & set(listed)):
         if len(files[name]) != listed[name]["size"]:
             problems.append(
-                Problem(where, name, f"the manifest's size, {listed[name]['size']} bytes (got {len(files[name])})",
-                        rule="manifest")
-            )  # fmt: skip
+                Problem(
+                    where,
+                    name,
+                    f"the manifest's size, {listed[name]['size']} bytes (got {len(files[name])})",
+                    rule="manifest",
+                )
+            )
         if hashlib.sha256(files[name]).hexdigest() != listed[name]["sha256"]:
             problems.append(Problem(where, name, "content matching the manifest's sha256", rule="manifest"))
     if problems:

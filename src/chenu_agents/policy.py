@@ -240,8 +240,12 @@ class _HandlerCheck(ast.NodeVisitor):
     def _import(self, node: ast.AST, name: str) -> bool:
         if name in self.allowed:
             return True
-        self.refuse(node, f"import {name}", "a module of the handler allowlist (policy handlers.allowed_imports, "
-                    "extended by handlers.extra_imports)", "forbidden_import")  # fmt: skip
+        self.refuse(
+            node,
+            f"import {name}",
+            "a module of the handler allowlist (policy handlers.allowed_imports, extended by handlers.extra_imports)",
+            "forbidden_import",
+        )
         return False
 
     def visit_Import(self, node: ast.Import) -> None:
@@ -255,8 +259,9 @@ class _HandlerCheck(ast.NodeVisitor):
 
     def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
         if node.level:
-            self.refuse(node, f"from {'.' * node.level}{node.module or ''} import", "no relative import",
-                        "forbidden_import")  # fmt: skip
+            self.refuse(
+                node, f"from {'.' * node.level}{node.module or ''} import", "no relative import", "forbidden_import"
+            )
             return
         module = node.module or ""
         if not self._import(node, module) or module == "__future__":
@@ -294,8 +299,12 @@ class _HandlerCheck(ast.NodeVisitor):
             loaded = _module(owner)
             value = getattr(loaded, attr, None) if loaded else None
             if isinstance(value, types.ModuleType) and f"{owner}.{attr}" not in self.allowed:
-                self.refuse(node, f"{owner}.{attr}", f"no module reached through another ({value.__name__} is not "
-                            "in the allowlist)", "forbidden_attribute")  # fmt: skip
+                self.refuse(
+                    node,
+                    f"{owner}.{attr}",
+                    f"no module reached through another ({value.__name__} is not in the allowlist)",
+                    "forbidden_attribute",
+                )
 
     def _owner_module(self, node: ast.expr) -> str | None:
         """The allowlisted module an expression names (`re`, `collections.abc`), or None."""
