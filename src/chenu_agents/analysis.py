@@ -245,7 +245,7 @@ class Histogram:
     def above(self, threshold: float) -> int:
         """Requests surely slower than `threshold`: those of the buckets whose lower bound is at least it
         (a bucket straddling it is not counted, so the count errs towards the canary)."""
-        lowers = (0.0, *self.bounds[:-1])
+        lowers = (0.0, *self.bounds[:-1]) if self.bounds else ()
         return sum(c for lower, c in zip(lowers, self.counts, strict=True) if lower >= threshold)
 
     def aligned(self, other: Histogram) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -490,6 +490,16 @@ def judge(
             _judge_latency(settings, canary, baseline, comparison.get("latency_tail"), say)
             _judge_rank_tests(settings, comparison, say)
             _judge_cost(settings, canary, baseline, say)
+        elif n >= settings.min_points:
+            # Too few requests for a pass, enough for a fail: the tests against stable are exact (Fisher,
+            # binomial) or ranked, and a clear regression among a handful of requests is already one.
+            def fail_only(criterion: str, verdict: str, sentence: str) -> None:
+                if verdict == "fail":
+                    say(criterion, verdict, sentence)
+
+            if comparison.get("latency_tail") is not None:
+                _judge_latency(settings, canary, baseline, comparison["latency_tail"], fail_only)
+            _judge_rank_tests(settings, comparison, fail_only)
     order = list(CRITERIA)
     found.sort(key=lambda item: order.index(item[0]))
     criteria = [{"criterion": c, "verdict": v, "reason": r} for c, v, r in found]

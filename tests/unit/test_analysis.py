@@ -143,12 +143,28 @@ def test_thin_traffic_is_inconclusive_never_pass(canary_n, stable_n):
 
 def test_a_flood_of_errors_fails_even_below_min_requests():
     j = run(settings(), stats(12, 8), stats(8000, 0))
-    assert j.verdict == "fail" and j.decided_by == ["errors"]
+    assert j.verdict == "fail" and j.decided_by == ["errors", "errors_vs_stable"]
     assert "failed 8 of only 12 requests" in j.reasons[0] and "binomial test" in j.reasons[0]
 
 
-def test_one_error_among_few_requests_stays_inconclusive():
-    assert run(settings(), stats(12, 1), stats(8000, 0)).verdict == "inconclusive"
+@pytest.mark.parametrize(
+    "canary,decided_by",
+    [
+        (stats(6, 1), ["errors_vs_stable"]),  # one failure among six, none among stable's 8000
+        (stats(6, p95=0.6), ["latency", "latency_shift"]),  # six requests, all 3x stable's
+        (stats(6), ["traffic"]),  # six good requests: not yet enough to pass
+        (stats(4, 1), ["traffic"]),  # below min_points: no test at all
+    ],
+)
+def test_a_fail_needs_fewer_requests_than_a_pass(canary, decided_by):
+    j = run(settings(), canary, stats(8000, 0, p95=0.2))
+    assert j.decided_by == decided_by and j.verdict == ("inconclusive" if decided_by == ["traffic"] else "fail")
+    assert any("fewer than the 50 needed for a verdict" in r for r in j.reasons)
+
+
+def test_one_error_among_few_requests_stays_inconclusive_when_stable_fails_as_often():
+    assert run(settings(), stats(12, 1), stats(8000, 0)).verdict == "fail"  # stable never fails: evidence
+    assert run(settings(), stats(12, 1), stats(8000, 400)).verdict == "inconclusive"  # 5 % both: none
 
 
 def test_without_baseline_only_the_error_threshold():
@@ -201,6 +217,10 @@ def test_histogram_quantile_counts_and_alignment():
     assert h.above(0.2) == 10 and h.above(0.15) == 10 and h.above(0.1) == 30
     coarse = Histogram((0.2, math.inf), (5, 5))
     assert h.aligned(coarse) == ((30, 10), (5, 5))
+    empty = Histogram()  # a slot whose duration series are not there yet
+    assert empty.total == 0 and empty.above(0.1) == 0 and empty.quantile(0.95) is None
+    assert empty.aligned(h) == ((), ()) and tail_test(empty, 0.1, 0.95, alpha=0.05)["slower"] == 0
+    assert rank_test(empty, h)["status"] == "insufficient"
 
 
 def test_fine_buckets_keep_quantiles_within_a_few_percent():

@@ -139,6 +139,7 @@ class Runtime:
         # then sees its first errors as an increase, one scrape sooner than a series that appears.
         for code in ("200", "500", "503"):
             self.metrics.requests.labels(*self.labels(new), code)
+        self.metrics.duration.labels(*self.labels(new))  # its buckets too, for the latency comparison
 
     def authorize(self, request: web.Request, role: str) -> Principal:
         header = request.headers.get("Authorization", "")
