@@ -31,7 +31,7 @@ from chenu_agents.signing import sign_bundle
 from ..conftest import EXAMPLES, REPO
 
 DISCLAIMER = "pas de conseil juridique"
-TOKENS = {"caller": "tok-caller-1", "operator": "tok-operator-1", "admin": "tok-admin-1"}
+TOKENS = {"caller": "tok-caller-1", "tester": "tok-tester-1", "operator": "tok-operator-1", "admin": "tok-admin-1"}
 
 
 @dataclass(frozen=True)
@@ -349,6 +349,76 @@ def test_paused_and_deprecated_agents(tmp_path: Path, world: dict, serve) -> Non
     assert srv.post("/v1/tasks", {"input": "Bonjour"}).status_code == 200
 
 
+def test_announced_deprecation_headers_and_callers_counted(tmp_path: Path, world: dict, serve) -> None:
+    srv = serve(make_config(tmp_path, world, world["legal"]))
+    state = tmp_path / "state.json"
+    announced = {"state": "active", "version": "1.2.0", "deprecation": "2026-11-02T12:00:00+00:00",
+                 "sunset": "2026-12-02T12:00:00+00:00", "replacement": "1.3.0"}  # fmt: skip
+    state.write_text(json.dumps(announced))
+    answer = srv.post("/v1/tasks", {"input": "Bonjour"})
+    assert answer.status_code == 200
+    # RFC 9745 (a structured date, seconds since the epoch) and RFC 8594 (an HTTP date).
+    assert answer.headers["Deprecation"] == "@1793620800"
+    assert answer.headers["Sunset"] == "Wed, 02 Dec 2026 12:00:00 GMT"
+    srv.post("/v1/tasks", {"input": "Bonjour"}, role="operator")
+    assert srv.metric("chenu_agent_deprecated_calls_total", version="1.2.0", caller="caller") == 1
+    assert srv.metric("chenu_agent_deprecated_calls_total", version="1.2.0", caller="operator") == 1
+
+    state.write_text(json.dumps({**announced, "state": "deprecated"}))
+    gone = srv.post("/v1/tasks", {"input": "Bonjour"})
+    assert gone.status_code == 410 and gone.headers["Sunset"] == "Wed, 02 Dec 2026 12:00:00 GMT"
+    assert gone.json()["replacement"] == "1.3.0" and "use legal_info 1.3.0" in gone.json()["error"]
+    assert srv.metric("chenu_agent_deprecated_calls_total", version="1.2.0", caller="caller") == 2
+
+    state.write_text(json.dumps({"state": "active", "version": "1.2.0"}))  # restored: no more headers
+    answer = srv.post("/v1/tasks", {"input": "Bonjour"})
+    assert answer.status_code == 200 and "Deprecation" not in answer.headers and "Sunset" not in answer.headers
+
+
+@pytest.mark.parametrize(
+    ("content", "status", "checks"),
+    [
+        ({"state": "paused", "version": "1.2.0", "reason": "incident 42", "retry_after": 45}, 503,
+         {"Retry-After": "45", "reason": "incident 42", "fallback_agent": None}),
+        ({"state": "paused", "version": "1.2.0", "fallback_agent": "estimator"}, 503,
+         {"Retry-After": "30", "reason": "paused by its operators", "fallback_agent": "estimator"}),
+        ({"state": "archived", "version": "1.2.0", "visible_to": ["admin"]}, 410, {"replacement": None}),
+        # a state written for another version does not apply to the one this slot serves now
+        ({"state": "deprecated", "version": "1.1.0"}, 200, {}),
+    ],
+)  # fmt: skip
+def test_lifecycle_answers(tmp_path: Path, world: dict, serve, content, status, checks) -> None:
+    srv = serve(make_config(tmp_path, world, world["legal"]))
+    (tmp_path / "state.json").write_text(json.dumps(content))
+    answer = srv.post("/v1/tasks", {"input": "Bonjour"})
+    assert answer.status_code == status, answer.text
+    for key, value in checks.items():
+        assert (answer.headers.get(key) if key[0].isupper() else answer.json()[key]) == value
+    status_report = srv.get("/admin/status", role="operator").json()
+    assert status_report["state"] == ("active" if status == 200 else content["state"])
+    assert status_report["state_version"] == content["version"]
+
+
+@pytest.mark.parametrize(
+    ("state", "visible_to", "allowed"),
+    [
+        ("staged", ["operator", "admin"], {"operator", "admin"}),
+        ("testing", ["developer", "tester", "admin"], {"tester", "admin"}),
+        ("draft", ["developer", "admin"], {"admin"}),
+        ("active", None, {"caller", "tester", "operator", "admin"}),
+    ],
+)
+def test_visibility_by_token_role(tmp_path: Path, world: dict, serve, state, visible_to, allowed) -> None:
+    srv = serve(make_config(tmp_path, world, world["legal"]))
+    content = {"state": state, "version": "1.2.0"} | ({"visible_to": visible_to} if visible_to else {})
+    (tmp_path / "state.json").write_text(json.dumps(content))
+    for role in TOKENS:
+        answer = srv.post("/v1/tasks", {"input": "Bonjour"}, role=role)
+        assert answer.status_code == (200 if role in allowed else 403), (role, answer.text)
+        if role not in allowed:
+            assert f"is {state}: its tasks are for" in answer.json()["error"]
+
+
 def test_deprecation_lets_the_request_in_flight_finish(tmp_path: Path, world: dict, serve) -> None:
     srv = serve(make_config(tmp_path, world, world["legal_slow"]))
     with ThreadPoolExecutor(1) as pool:
@@ -487,6 +557,10 @@ def test_state_file_reads_on_change(tmp_path: Path) -> None:
     assert (states.current().state, states.current().fallback_agent) == ("paused", "other")
     path.write_text('{"state": "sleeping"}')
     assert states.current().state == "paused" and "sleeping" in states.current().error
+    path.write_text('{"state": "staged", "visible_to": ["operator", "nobody"]}')
+    assert states.current().state == "paused" and "visible_to" in states.current().error
+    path.write_text('{"state": "active", "colour": "blue"}')
+    assert "unknown keys ['colour']" in states.current().error
 
 
 def test_pooled_sandbox_mode_serves_tool_calls(tmp_path: Path, world: dict) -> None:
