@@ -116,8 +116,8 @@ def load_settings(path: Path) -> dict:
     if not isinstance(data, dict):
         raise BackupError(f"{path}: the settings are not a mapping", [Problem(str(path), "(top)", "a JSON object")])
     problems = []
-    settings = {name: default for name, (default, _) in OPTIONAL.items()}
-    expected = {**REQUIRED, **{name: kind for name, (_, kind) in OPTIONAL.items()}}
+    settings = {name: spec[0] for name, spec in OPTIONAL.items()}
+    expected = {**REQUIRED, **{name: spec[1] for name, spec in OPTIONAL.items()}}
     for name, kind in expected.items():
         if name not in data:
             if name in REQUIRED:
@@ -464,7 +464,7 @@ def verify_documents(settings: dict, manifest_path: str, target: Path, sample: i
     with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         results = list(pool.map(restore, keys))
     by_result = {
-        name: [key for key, result, _ in results if result == name] for name in ("restored", "mismatched", "missing")
+        name: [entry[0] for entry in results if entry[1] == name] for name in ("restored", "mismatched", "missing")
     }
     return {
         "command": "documents-verify",
@@ -476,7 +476,7 @@ def verify_documents(settings: dict, manifest_path: str, target: Path, sample: i
         "restored": len(by_result["restored"]),
         "mismatched": len(by_result["mismatched"]),
         "missing": len(by_result["missing"]),
-        "problems": [problem for _, _, problem in results if problem],
+        "problems": [entry[2] for entry in results if entry[2]],
         "restored_bytes": sum(documents[key]["size"] for key in by_result["restored"]),
         "seconds": round(time.monotonic() - started, 2),
     }
