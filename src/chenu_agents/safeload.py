@@ -156,8 +156,9 @@ def load_yaml(
             raise _refuse(error, file, "(file)", f"UTF-8 text ({exc.reason})") from None
     if len(text) > budget.max_bytes or len(text.encode("utf-8", "surrogatepass")) > budget.max_bytes:
         raise _refuse(error, file, "(size)", f"at most {budget.max_bytes} bytes")
-    parser = loader(text)
+    parser = None
     try:
+        parser = loader(text)  # the reader refuses control characters here already
         node = parser.get_single_node()
         if node is None:
             return None, None
@@ -171,7 +172,8 @@ def load_yaml(
     except RecursionError:
         raise _refuse(error, file, "(document)", f"nesting of at most {budget.max_depth} levels") from None
     finally:
-        parser.dispose()
+        if parser is not None:
+            parser.dispose()
     return data, node
 
 
