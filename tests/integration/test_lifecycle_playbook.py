@@ -48,7 +48,9 @@ def test_lifecycle_playbook(tmp_path):
     sign_bundle(path, store, agent="legal_info", version="1.2.0")
     surface = agent_tests.bundle_surface(path)
     with throwaway_database("chenu_test_registry_playbook") as registry:
-        base = {"chenu_registry": registry, "chenu_trust_store": str(trust), "agent": "legal_info", "version": "1.2.0"}
+        # The registry alone: what serves is tests/e2e/test_lifecycle_effects.py's.
+        base = {"chenu_registry": registry, "chenu_trust_store": str(trust), "agent": "legal_info", "version": "1.2.0",
+                "lifecycle_reconcile": False}  # fmt: skip
 
         run = lifecycle({**base, "action": "register", "bundle": str(path), "reason": "new version"})
         assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]

@@ -169,10 +169,12 @@ def test_operations(registry):
     assert registry.audit("ops")[-1].details["changes"]["digest"] == {"from": DIGEST, "to": OTHER}
     assert not apply(registry, Request("ops", "1.0.0", action="edit", digest=OTHER)).changed
     go(registry, "ops", "1.0.0", "validate", "approve", "deploy")
-    scale = [
-        apply(registry, Request("ops", "1.0.0", action="scale", details={"replicas": n})).changed for n in (3, 3, 5)
-    ]
-    assert scale == [True, False, True]
+    # scale is recorded (once per count asked for), then refused: nothing applies a replica count yet.
+    for n in (3, 3, 5):
+        with pytest.raises(LifecycleError, match=rf"scale is recorded but not applied.*replicas {n}"):
+            apply(registry, Request("ops", "1.0.0", action="scale", details={"replicas": n}))
+    scaled = [e for e in registry.audit("ops", "1.0.0") if e.action == "scale"]
+    assert [(e.details["replicas"], e.details["applied"]) for e in scaled] == [(3, False), (5, False)]
     with pytest.raises(LifecycleError, match=r"details\.replicas"):
         go(registry, "ops", "1.0.0", "scale")
     hotfix = apply(registry, Request("ops", "1.0.0", action="hotfix", reason="CVE"))
