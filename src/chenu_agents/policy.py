@@ -362,39 +362,57 @@ def _invisible(ch: str) -> bool:
     return unicodedata.category(ch) == "Cf" or "\ufe00" <= ch <= "\ufe0f" or ch in "\u034f\u115f\u1160\u3164\uffa0"
 
 
+# A non-ASCII run with the character before it (the base letter a combining mark may belong to).
+_NON_ASCII = re.compile(r".?[^\x00-\x7f]+", re.S)
+
+
+def _fold(text: str, start: int, end: int) -> tuple[list[str], list[int]]:
+    """NFKC per letter and its combining marks, invisible characters dropped, lookalikes folded."""
+    kept = [(text[i], i) for i in range(start, end) if not _invisible(text[i])]
+    out: list[str] = []
+    where: list[int] = []
+    i = 0
+    while i < len(kept):
+        j = i + 1
+        while j < len(kept) and unicodedata.combining(kept[j][0]):
+            j += 1  # a letter and its combining marks compose together ("e" + U+0301 -> "é")
+        for ch in unicodedata.normalize("NFKC", "".join(c for c, _ in kept[i:j])):
+            if not _invisible(ch):
+                out.append(ch.translate(_CONFUSABLES))
+                where.append(kept[i][1])
+        i = j
+    return out, where
+
+
 def normalise_text(text: str) -> tuple[str, list[int]]:
     """Text as the patterns see it, and for each of its characters the offset in `text` it came from."""
-    if text.isascii():
-        chars, where = text, list(range(len(text)))
-    else:
-        kept = [(ch, i) for i, ch in enumerate(text) if not _invisible(ch)]
-        out: list[str] = []
-        where = []
-        i = 0
-        while i < len(kept):
-            j = i + 1
-            while j < len(kept) and unicodedata.combining(kept[j][0]):
-                j += 1  # a letter and its combining marks compose together ("e" + U+0301 -> "é")
-            for ch in unicodedata.normalize("NFKC", "".join(c for c, _ in kept[i:j])):
-                if not _invisible(ch):
-                    out.append(ch.translate(_CONFUSABLES))
-                    where.append(kept[i][1])
-            i = j
-        chars = "".join(out)
-    parts: list[str] = []
-    offsets: list[int] = []
+    pieces: list[str] = []
+    where: list[int] = []
     pos = 0
-    for match in _joins(chars):
-        start, end, replacement = match
+    for match in _NON_ASCII.finditer(text):  # ASCII needs none of it: copied as it is
+        start, end = match.span()
+        pieces.append(text[pos:start])
+        where.extend(range(pos, start))
+        folded, offsets = _fold(text, start, end)
+        pieces.extend(folded)
+        where.extend(offsets)
+        pos = end
+    pieces.append(text[pos:])
+    where.extend(range(pos, len(text)))
+    chars = "".join(pieces)
+    parts: list[str] = []
+    offsets_out: list[int] = []
+    pos = 0
+    for start, end, replacement in _joins(chars):
         parts.append(chars[pos:start])
-        offsets.extend(where[pos:start])
+        offsets_out.extend(where[pos:start])
         if replacement:
             parts.append(replacement)
-            offsets.append(where[start])
+            offsets_out.append(where[start])
         pos = end
     parts.append(chars[pos:])
-    offsets.extend(where[pos:])
-    return "".join(parts), offsets
+    offsets_out.extend(where[pos:])
+    return "".join(parts), offsets_out
 
 
 def _joins(chars: str) -> list[tuple[int, int, str]]:
