@@ -210,6 +210,24 @@ def test_rank_test_needs_points_and_tolerance():
     assert slower["significant"] and not slower["worse"] and 1.2 < slower["effect"] < 1.45
 
 
+@pytest.mark.parametrize("factor,worse", [(1.3, False), (2.0, False), (2.6, True), (3.0, True), (10.0, True)])
+def test_rank_test_fails_only_beyond_the_tolerance(factor, worse):
+    """On the runtime's buckets the test asks "more than 2x slower?" (the canary shifted down 8 buckets),
+    not "slower, with a median ratio over 2": a canary exactly 2x slower is not failed by noise."""
+    stable = histogram(jittered(0.3, 500, 11))
+    for seed in range(5):
+        result = rank_test(histogram(jittered(0.3 * factor, 10, seed)), stable, tolerance=2.0)
+        assert result["significant"] == (factor > 1.2) and result["worse"] == worse, result
+        assert result["p_value_beyond_tolerance"] is not None
+
+
+def test_rank_test_on_another_layout_uses_the_median_ratio():
+    bounds = (0.1, 0.25, 0.5, 1, 2.5, 5, math.inf)  # not geometric: no shift possible
+    c, b = Histogram(bounds, (0, 0, 0, 10, 0, 0, 0)), Histogram(bounds, (50, 400, 50, 0, 0, 0, 0))
+    result = rank_test(c, b, tolerance=2.0)
+    assert result["p_value_beyond_tolerance"] is None and result["worse"] and result["effect"] > 2
+
+
 def test_histogram_quantile_counts_and_alignment():
     h = Histogram.from_cumulative({0.1: 10.4, 0.2: 30.0, 0.4: 29.6, math.inf: 40.2})
     assert h.counts == (10, 20, 0, 10) and h.total == 40  # a dip from increase() extrapolation is flattened
