@@ -297,3 +297,39 @@ def test_frontend_maps_route_then_clear(tmp_path):
     assert set(maps.apply(gone)) == {"route", "gone"}
     assert haproxy.commands[-1].endswith(r"legal_info legal_info\ 1.2.0\ deprecated\;\ use\ legal_info\ 1.3.0")
     assert maps.current("legal_info") == {"route": None, "gone": "legal_info 1.2.0 deprecated; use legal_info 1.3.0"}
+
+
+def test_registry_view_follows_announcement_deprecation_restore_and_the_release_lock():
+    from chenu_agents.lifecycle import Request, apply
+    from chenu_agents.registry import Registry
+    from tests.pg import require, throwaway_database
+
+    require()
+    digest = "sha256:" + "ab" * 32
+    with throwaway_database("chenu_test_reconcile_view") as settings, Registry(settings) as registry:
+
+        def go(version, *actions, **kw):
+            for action in actions:
+                apply(registry, Request("demo", version, action=action, actor="t", **kw))
+
+        for version in ("1.0.0", "1.1.0"):
+            apply(registry, Request("demo", version, target="draft", digest=digest, key_id="k1"))
+            go(version, "validate", "approve", "deploy")
+        go("1.0.0", "announce_deprecation", details={"sunset": "2027-01-31"})
+        announced = apply(registry, Request("demo", "1.0.0", action="announce_deprecation", details={}))
+        assert not announced.changed  # the announcement stands: a second one without news changes nothing
+        view = reconcile.registry_view(registry, "demo")
+        v1 = view["versions"]["1.0.0"]
+        assert (v1["state"], v1["sunset"], v1["replacement"]) == ("active", "2027-01-31T00:00:00+00:00", "1.1.0")
+        assert v1["deprecation"] is not None and view["versions"]["1.1.0"]["deprecation"] is None
+        go("1.0.0", "pause", reason="incident 7")
+        assert reconcile.registry_view(registry, "demo")["versions"]["1.0.0"]["reason"] == "incident 7"
+        go("1.0.0", "deprecate")
+        v1 = reconcile.registry_view(registry, "demo")["versions"]["1.0.0"]
+        assert (v1["state"], v1["sunset"], v1["replacement"]) == ("deprecated", "2027-01-31T00:00:00+00:00", "1.1.0")
+        go("1.0.0", "restore")
+        v1 = reconcile.registry_view(registry, "demo")["versions"]["1.0.0"]
+        assert (v1["state"], v1["deprecation"], v1["sunset"]) == ("active", None, None)
+        assert not reconcile.registry_view(registry, "demo")["release_in_progress"]
+        registry.acquire_release_lock("demo", "run-1", actor="t", playbook="release.yml", ttl=60)
+        assert reconcile.registry_view(registry, "demo")["release_in_progress"]
