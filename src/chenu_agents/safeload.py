@@ -29,10 +29,11 @@ AGENT_NAME_EXPECTED = "an agent name: a lowercase letter, then 2 to 63 lowercase
 
 @dataclass(frozen=True)
 class Budget:
-    """What one document may cost. The defaults hold every file an agent folder is allowed (1 MiB)."""
+    """What one document may cost: 1 MiB (an agent file's limit), 20 000 nodes with aliases expanded (the
+    largest YAML file of the examples has about 400; PyYAML composes some 10 000 nodes a second), 64 levels."""
 
     max_bytes: int = 1024 * 1024
-    max_nodes: int = 100_000
+    max_nodes: int = 20_000
     max_depth: int = 64
 
 
@@ -57,8 +58,31 @@ def is_agent_name(name: Any) -> bool:
 # --- YAML ------------------------------------------------------------------------------------------
 
 
+class _OverBudget(yaml.YAMLError):
+    def __init__(self, expected: str, mark: yaml.Mark | None):
+        super().__init__(expected)
+        self.expected, self.problem_mark = expected, mark
+
+
 class SafeYamlLoader(yaml.SafeLoader):
-    """SafeLoader that keeps timestamps as the strings the author wrote (schemas check them)."""
+    """SafeLoader that keeps timestamps as the strings the author wrote (schemas check them), and
+    stops composing at the node or depth budget, so a large flat document costs no more than that."""
+
+    budget: Budget = DEFAULT_BUDGET
+    _composed = 0
+    _depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        self._composed += 1
+        self._depth += 1
+        try:
+            if self._composed > self.budget.max_nodes:
+                raise _OverBudget(f"at most {self.budget.max_nodes} nodes", self.peek_event().start_mark)
+            if self._depth > self.budget.max_depth:
+                raise _OverBudget(f"nesting of at most {self.budget.max_depth} levels", self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 SafeYamlLoader.yaml_implicit_resolvers = {
@@ -159,12 +183,16 @@ def load_yaml(
     parser = None
     try:
         parser = loader(text)  # the reader refuses control characters here already
+        parser.budget = budget
         node = parser.get_single_node()
         if node is None:
             return None, None
         _measure(node, budget, error, file)
         _duplicate_keys(node, error, file)
         data = parser.construct_document(node)
+    except _OverBudget as exc:
+        line = exc.problem_mark.line + 1 if exc.problem_mark else None
+        raise _refuse(error, file, "(document)", exc.expected, line) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark else None

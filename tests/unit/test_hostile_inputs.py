@@ -78,6 +78,15 @@ def test_yaml_refusals_name_file_field_expectation(text, field, expected):
     assert expected in problem.expected
 
 
+def test_a_large_flat_document_stops_at_the_node_budget():
+    text = "x:\n" + "- 1\n" * 250_000  # 1 MB, 250 000 nodes, no alias
+    started = time.perf_counter()
+    with pytest.raises(SpecError) as info:
+        safeload.load_yaml(text, "f.yaml", error=SpecError)
+    assert time.perf_counter() - started < 10  # composing stops at 20 000 nodes (about 1 s here)
+    assert info.value.problems[0].expected == "at most 20000 nodes"
+
+
 def test_yaml_anchors_within_the_budget_still_work():
     data, node = safeload.load_yaml("base: &b {x: 1}\nuse: *b\nmerged: {<<: *b, y: 2}\n", "f", error=SpecError)
     assert data == {"base": {"x": 1}, "use": {"x": 1}, "merged": {"x": 1, "y": 2}}
