@@ -1,15 +1,16 @@
 """Releases on the local stack: how fast a bad canary is taken out, what a blue-green switch costs, and
 the machinery's overhead on a full canary.
 
-    .venv/bin/python bench/release.py [--rate 20] [--clients 4] [--skip bad,blue_green,canary]
+    .venv/bin/python bench/release.py [--rate 20] [--clients 4] [--skip bad,slow,blue_green,canary]
 
 Drives playbooks/release.yml and rollback.yml on inventories/local exactly as an operator would (the
-inventory's short steps: canary 5 % and 25 % for 20 s each, a check every 2 s over a 10 s window, the
-runtime scraped every 2 s), while this process watches HAProxy's weights every 50 ms on its admin socket:
+inventory's short steps: canary 5 % and 25 % for 20 s each, a check every second over a 10 s window,
+the runtime scraped every second), while this process watches HAProxy's weights every 50 ms on its admin socket:
 
 1. bad version: from the moment the canary takes traffic (its weight goes above 0) to the moment it is
    back at 0, next to the configured analysis interval, and to Argo Rollouts' and Flagger's 60 s default
-   intervals (Flagger's documented rollback: interval x threshold, about 10 min).
+   intervals (Flagger's documented rollback: interval x threshold, about 10 min). The same for a version
+   three times slower than stable and no error (bench/analysis_latency.py covers other scales).
 2. blue-green: requests failed while the traffic switches at a fixed load (keep-alive clients), and how
    long the switch takes (the playbook's own measure, and the weights seen flipping), then the switch back.
 3. a full good canary: its wall time, and the time from first weight to 100 %, against its pauses' sum.
@@ -43,6 +44,7 @@ from tests.e2e.release_support import (  # noqa: E402
     start_loadgen,
     stop_loadgen,
 )
+from tests.e2e.test_release import make_slow_version, stable_p95  # noqa: E402
 
 INVENTORY_RELEASE = REPO / "inventories" / "local" / "group_vars" / "all" / "release.yml"
 
@@ -88,6 +90,27 @@ def bad_canary(work: Path, settings: dict) -> dict:
         "playbook_s": round(run.seconds, 1),
         "verdict_line": verdict[1] if verdict else None,
         "analysis": settings["release_analysis"],
+    }
+
+
+def slow_canary(work: Path, settings: dict) -> dict:
+    """A version whose every answer takes stable's p95 twice more (its p95 about 3x stable's), no error."""
+    stable = stable_slot()
+    candidate = next(s for s in servers() if s != stable)
+    added_ms = round(2 * stable_p95(stable) * 1000, 2)
+    watcher = WeightWatcher()
+    watcher.start()
+    run = release(make_slow_version(work, next_version(), added_ms), "canary")
+    watcher.stop()
+    on = watcher.first(candidate, lambda w: w > 0)
+    off = watcher.first(candidate, lambda w: w == 0, after=on or 0) if on else None
+    verdict = re.search(r"(canary step \d/\d: \d+ %: FAIL[^\n]*)", run.output)
+    return {
+        "rc": run.returncode,
+        "added_latency_ms": added_ms,
+        "taking_traffic_to_zero_s": round(off - on, 2) if on and off else None,
+        "playbook_s": round(run.seconds, 1),
+        "verdict_line": verdict[1] if verdict else None,
     }
 
 
@@ -157,6 +180,8 @@ def main() -> int:
         work = Path(tmp)
         if "bad" not in skip:
             results["bad_canary"] = bad_canary(work, settings)
+        if "slow" not in skip:
+            results["slow_canary"] = slow_canary(work, settings)
         if "blue_green" not in skip:
             results["blue_green"] = blue_green(work, args.rate, args.clients)
         if "canary" not in skip:
@@ -170,6 +195,12 @@ def main() -> int:
             f"(analysis every {interval} s over {settings['release_analysis']['window']} s, scrape "
             f"{settings['monitoring_runtime_scrape_interval']}); Argo Rollouts / Flagger default interval 60 s, "
             "Flagger rollback ~ interval x threshold ~ 10 min"
+        )
+    if "slow_canary" in results:
+        r = results["slow_canary"]
+        print(
+            f"version 3x slower (+{r['added_latency_ms']} ms an answer, no error) taking traffic -> canary at 0 %: "
+            f"{r['taking_traffic_to_zero_s']} s; {(r['verdict_line'] or 'no FAIL line')[:160]}"
         )
     if "blue_green" in results:
         r = results["blue_green"]

@@ -175,7 +175,7 @@ def _durations(slot: str) -> Histogram:
     return Histogram.from_cumulative(cumulative)
 
 
-def _stable_p95(slot: str, tasks: int = 80) -> float:
+def stable_p95(slot: str, tasks: int = 80) -> float:
     """p95 of what the stable slot's runtime measures for the synthetic load's task, from its own buckets."""
     token = (SECRETS / "runtime_caller").read_text().strip()
     before = _durations(slot)
@@ -195,20 +195,25 @@ def _stable_p95(slot: str, tasks: int = 80) -> float:
     return window.quantile(0.95)
 
 
+def make_slow_version(dest: Path, version: str, added_ms: float) -> Path:
+    """A good version whose every LLM call takes `added_ms` more (its scripted fault profile), no error."""
+    folder = make_version(dest, version)
+    script_path = folder / "tests" / "scripted.yaml"
+    script = yaml.safe_load(script_path.read_text(encoding="utf-8"))
+    script["fault_profile"] = {"error_rate": 0.0, "added_latency_ms": added_ms}
+    script_path.write_text(yaml.safe_dump(script, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    return folder
+
+
 def test_version_three_times_slower_is_taken_out_on_latency(tmp_path):
     """No error at all, only slower: a candidate whose every answer takes stable's p95 twice more (so
     its p95 is about 3x stable's) is taken out at the first step, the output naming latency."""
     stable = stable_slot()
     good = served_version(stable)
-    p95 = _stable_p95(stable)
+    p95 = stable_p95(stable)
     added_ms = round(2 * p95 * 1000, 2)
     version = next_version()
-    folder = make_version(tmp_path, version)
-    script_path = folder / "tests" / "scripted.yaml"
-    script = yaml.safe_load(script_path.read_text(encoding="utf-8"))
-    script["fault_profile"] = {"error_rate": 0.0, "added_latency_ms": added_ms}
-    script_path.write_text(yaml.safe_dump(script, allow_unicode=True, sort_keys=False), encoding="utf-8")
-    run = release(folder)
+    run = release(make_slow_version(tmp_path, version, added_ms))
     out = run.output
     assert run.returncode != 0, run.tail()
     step = re.search(r"canary step 1/3: 5 %: (FAIL[^\n]*)", out)
