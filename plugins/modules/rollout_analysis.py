@@ -342,7 +342,7 @@ def main():
             alpha=dict(type="float", default=0.05),
             error_rate_tolerance=dict(type="float", default=0.01),
             latency_tolerance=dict(type="float"),
-            max_token_ratio=dict(type="float", default=1.5),
+            max_token_ratio=dict(type="float", default=1.5, no_log=False),
             fallback_tolerance=dict(type="float", default=0.05),
             scrape_interval=dict(type="float", default=15.0),
             min_points=dict(type="int", default=5),
