@@ -46,7 +46,9 @@ def _tool(name: str) -> str:
     return str(beside) if beside.exists() else name
 
 
-def run_playbook(playbook: str = "playbooks/site.yml", *args: str, timeout: int = 3600) -> PlaybookRun:
+def run_playbook(
+    playbook: str = "playbooks/site.yml", *args: str, timeout: int = 3600, inventory: Path = LOCAL_INVENTORY
+) -> PlaybookRun:
     env = {
         **os.environ,
         "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
@@ -54,7 +56,7 @@ def run_playbook(playbook: str = "playbooks/site.yml", *args: str, timeout: int 
         "ANSIBLE_FORCE_COLOR": "0",
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
-    command = [_tool("ansible-playbook"), "-i", str(LOCAL_INVENTORY), playbook, *args]
+    command = [_tool("ansible-playbook"), "-i", str(inventory), playbook, *args]
     started = time.monotonic()
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     seconds = time.monotonic() - started
