@@ -175,8 +175,25 @@ def _check_limits(root: Path, policy: Policy) -> list[Problem]:
     problems = []
     files = agent_files(root)
     total = 0
+    folded: dict[str, str] = {}
     for path in files:
         rel = path.relative_to(root).as_posix()
+        # What the bundle reader refuses is refused here first, so a folder never builds a bundle no one loads.
+        if any(unicodedata.category(ch)[0] == "C" for ch in rel):
+            problems.append(
+                Problem(repr(rel)[1:-1], "(path)", "a name without control or format characters", rule="path_name")
+            )
+        key = unicodedata.normalize("NFC", rel).casefold()
+        if key in folded:
+            problems.append(
+                Problem(
+                    rel,
+                    "(path)",
+                    f"a name distinct from {folded[key]!r} once normalised and case-folded",
+                    rule="path_name",
+                )
+            )
+        folded.setdefault(key, rel)
         if path.is_symlink():
             problems.append(Problem(rel, "(file)", "a regular file, not a link", rule="no_links"))
             continue

@@ -221,6 +221,16 @@ def test_tests_may_hold_injection_attempts_but_not_secrets(tmp_path):
     assert _problems(folder) == []
 
 
+# --- file names the bundle reader would refuse are refused at build --------------------------------------
+
+
+def test_names_equal_once_folded_and_control_characters_refused_at_build(tmp_path):
+    folder = write_agent(tmp_path, files={"docs/Notes.md": "a\n", "docs/notes.md": "b\n", "docs/a\x1bb.md": "c\n"})
+    found = {(p.file, p.rule) for p in _problems(folder)}
+    assert ("docs/notes.md", "path_name") in found or ("docs/Notes.md", "path_name") in found
+    assert ("docs/a\\x1bb.md", "path_name") in found
+
+
 # --- messages ---------------------------------------------------------------------------------------------
 
 
