@@ -20,7 +20,6 @@ import re
 import shutil
 import tarfile
 import tempfile
-import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
@@ -29,7 +28,7 @@ import zstandard
 from .errors import BundleError, Problem
 from .files import canonical_json
 from .policy import Policy, agent_files, check, load_policy
-from .safeload import Budget, check_agent_name, load_json
+from .safeload import Budget, check_agent_name, fold_path, has_control, load_json
 from .semver import VersionError
 from .semver import parse as semver_parse
 from .spec import AgentSpec, load_agent
@@ -173,7 +172,7 @@ def _check_name(name: str, limits: Limits) -> str | None:
     """Why a member name is refused, or None."""
     if not name or "\x00" in name or "\\" in name:
         return "a plain relative path"
-    if any(unicodedata.category(ch)[0] == "C" for ch in name):
+    if has_control(name):
         return "a path without control, format or undecodable characters"
     if name.startswith("/") or PurePosixPath(name).is_absolute():
         return "a relative path (absolute paths are refused)"
@@ -185,10 +184,6 @@ def _check_name(name: str, limits: Limits) -> str | None:
     return None
 
 
-def _fold(name: str) -> str:
-    return unicodedata.normalize("NFC", name).casefold()
-
-
 def _decompress(data: bytes, limits: Limits, where: str) -> bytes:
     """One zstd frame, with its checksum, nothing after it, decompressed within the size bound."""
 
@@ -196,20 +191,14 @@ def _decompress(data: bytes, limits: Limits, where: str) -> bytes:
         return BundleError(f"{where} is refused: {expected}", [Problem(where, "(content)", expected, rule="zstd")])
 
     bound = limits.max_total_bytes + 1024 * 1024
-    try:
-        params = zstandard.get_frame_parameters(data)
-    except zstandard.ZstdError as exc:
-        raise BundleError(
-            f"{where} is not a zstd stream", [Problem(where, "(content)", f"zstd data ({exc})")]
-        ) from None
-    if not params.has_checksum:
-        raise refuse("a zstd frame with its content checksum")
-    if params.content_size not in (zstandard.CONTENTSIZE_UNKNOWN, zstandard.CONTENTSIZE_ERROR) and (
-        params.content_size > bound
-    ):
-        raise refuse(f"at most {limits.max_total_bytes} bytes once decompressed (the frame declares more)")
     out = io.BytesIO()
     try:
+        params = zstandard.get_frame_parameters(data)
+        if not params.has_checksum:
+            raise refuse("a zstd frame with its content checksum")
+        declared = params.content_size not in (zstandard.CONTENTSIZE_UNKNOWN, zstandard.CONTENTSIZE_ERROR)
+        if declared and params.content_size > bound:
+            raise refuse(f"at most {limits.max_total_bytes} bytes once decompressed (the frame declares more)")
         dobj = zstandard.ZstdDecompressor(max_window_size=1 << 27).decompressobj()
         pos = 0
         while pos < len(data) and not dobj.eof:
@@ -273,7 +262,7 @@ def read_bytes(data: bytes, where: str = "bundle", limits: Limits | None = None)
                 if m.name in files:
                     problems.append(Problem(where, m.name, "a unique entry name (duplicate)", rule="duplicate"))
                     continue
-                key = _fold(m.name)
+                key = fold_path(m.name)
                 if key in folded:
                     problems.append(
                         Problem(
@@ -312,7 +301,7 @@ def read_bytes(data: bytes, where: str = "bundle", limits: Limits | None = None)
     for name in sorted(folded.values()):
         parts = name.split("/")
         for i in range(1, len(parts)):
-            parent = _fold("/".join(parts[:i]))
+            parent = fold_path("/".join(parts[:i]))
             if parent in folded:
                 problems.append(
                     Problem(where, name, f"no entry under {folded[parent]!r}, which is a file", rule="file_and_dir")

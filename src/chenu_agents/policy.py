@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import PolicyViolation, Problem
-from .safeload import load_yaml_data
+from .safeload import fold_path, has_control, load_yaml_data
 from .spec import TOOLS_FILE, AgentSpec
 
 _TEMPLATE_EXPR = re.compile(r"\{\{.*?\}\}|\{%.*?%\}", re.S)
@@ -179,11 +179,11 @@ def _check_limits(root: Path, policy: Policy) -> list[Problem]:
     for path in files:
         rel = path.relative_to(root).as_posix()
         # What the bundle reader refuses is refused here first, so a folder never builds a bundle no one loads.
-        if any(unicodedata.category(ch)[0] == "C" for ch in rel):
+        if has_control(rel):
             problems.append(
                 Problem(repr(rel)[1:-1], "(path)", "a name without control or format characters", rule="path_name")
             )
-        key = unicodedata.normalize("NFC", rel).casefold()
+        key = fold_path(rel)
         if key in folded:
             problems.append(
                 Problem(

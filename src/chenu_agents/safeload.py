@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,6 +54,16 @@ def check_agent_name(name: Any, *, file: str, field: str, error: type[ChenuError
 
 def is_agent_name(name: Any) -> bool:
     return isinstance(name, str) and AGENT_NAME.fullmatch(name) is not None
+
+
+def has_control(path: str) -> bool:
+    """A control, format (bidi, zero-width), private-use or undecodable character in a file name."""
+    return any(unicodedata.category(ch)[0] == "C" for ch in path)
+
+
+def fold_path(path: str) -> str:
+    """The key two file names collide on: equal once NFC-normalised and case-folded (as on macOS, Windows)."""
+    return unicodedata.normalize("NFC", path).casefold()
 
 
 # --- YAML ------------------------------------------------------------------------------------------
