@@ -47,6 +47,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("stack_serving")]
 SLOW_MS = 6000  # per LLM call of the test's version; a question with a tool call makes two
 KEYS = Path("/var/lib/chenu-agents/local-keys")  # inventories/local: chenu_keystore_dir
 SETTINGS = Path("/etc/chenu-agents/runtime")  # roles/sandbox_runtime: sandbox_runtime_config_dir
+TRUST = Path("/etc/chenu-agents/trust.json")  # roles/sandbox_runtime: sandbox_runtime_trust_store
 MAPS = (Path("/etc/haproxy/lifecycle_fallback.map"), Path("/etc/haproxy/lifecycle_gone.map"))
 ARCHIVE = Path("/var/lib/chenu-agents/documents/bundle-archive")  # inventories/local: chenu_archive_dir
 RUNTIME_PYTHON = "/opt/chenu-agents/venv/bin/python"
@@ -108,9 +109,15 @@ def until(what: str, check, timeout: float = 30.0, every: float = 0.5):
 
 
 def build(folder: Path, out: Path, agent: str, version: str) -> Path:
+    """Build and sign with the stack's key store; its trust store published to the slots if it lags (as
+    deploy.yml's signing_key and sandbox_runtime steps would)."""
     path = out / f"{agent}-{version}.tar.zst"
     write_if_changed(path, bundles.build(folder, level=3).data)
-    sign_bundle(path, FileKeyStore(KEYS), agent=agent, version=version)
+    store = FileKeyStore(KEYS)
+    statement = sign_bundle(path, store, agent=agent, version=version)
+    trusted = json.loads(TRUST.read_text()) if TRUST.exists() else {"keys": []}
+    if statement.key_id not in {k["key_id"] for k in trusted["keys"]}:
+        store.trust_store().save(TRUST)
     return path
 
 
