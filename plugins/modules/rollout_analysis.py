@@ -25,7 +25,8 @@ description:
     more than O(fallback_tolerance) (C(fallbacks), Fisher exact test).
   - C(inconclusive) when the canary served fewer than O(min_requests) requests (or the baseline fewer
     than O(min_baseline_requests)), or when Prometheus cannot be queried. Thin traffic and missing
-    metrics never give C(pass). A flood of errors among few requests still fails (binomial test).
+    metrics never give C(pass). A flood of errors among few requests still fails (binomial test), and
+    from O(min_points) canary requests so does a regression the tests against the baseline find.
   - Errors are the requests whose C(code) label matches O(error_codes), by default C(5..) like the
     monitoring role's availability objective; a 4xx (including the runtime's 429 back-pressure) is not
     counted unless O(error_codes) says so.
@@ -136,7 +137,8 @@ options:
     type: float
     default: 15.0
   min_points:
-    description: Fewest requests on each side for the Mann-Whitney test.
+    description: Fewest requests on each side for the Mann-Whitney test; from this many canary requests,
+      below O(min_requests), the tests against the baseline may already fail the canary (never pass it).
     type: int
     default: 5
   duration:
