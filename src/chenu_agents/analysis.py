@@ -26,6 +26,7 @@ criterion gives its own verdict and sentence; the check's verdict is the worst o
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import re
@@ -811,6 +812,10 @@ def watch(
     Returns at the first `fail`. After `inconclusive_limit` inconclusive checks in a row (0: no limit)
     it returns `inconclusive` early. Otherwise the verdict is the last check's: `pass` only when the
     last window passed, `inconclusive` when it did not have enough to go on.
+
+    With a `duration`, a check reads no further back than the watch's start plus two scrape intervals
+    (the fewest samples increase() needs), up to `window`: a release step is judged on its own traffic,
+    not on the smoke tests sent to the candidate just before it, nor on the step before.
     """
     if duration < 0 or interval <= 0 or inconclusive_limit < 0:
         raise AnalysisError(
@@ -827,7 +832,12 @@ def watch(
         wait = start + offset - clock()
         if wait > 0:
             sleep(wait)
-        result = check(prom, settings, clock())
+        now = clock()
+        judged = settings
+        if duration > 0:
+            since = math.ceil(now - start + 2 * settings.scrape_interval)
+            judged = dataclasses.replace(settings, window=max(1, min(settings.window, since)))
+        result = check(prom, judged, now)
         out.checks.append(result)
         if on_check is not None:
             on_check(result)

@@ -319,6 +319,25 @@ def test_watch_returns_at_the_first_fail(monkeypatch):
     assert out.elapsed == 20 and out.reasons == ["check 3: fail"] and out.to_dict()["decided_by"] == ["latency"]
 
 
+def test_watch_reads_no_further_back_than_its_start(monkeypatch):
+    """A step is judged on its own traffic: the window grows from two scrapes to `window` as it runs."""
+    clock = FakeClock()
+    windows = []
+
+    def spy(prom, s, at=None):
+        windows.append(s.window)
+        return {"at": at, "verdict": "pass", "reasons": [], "canary": None, "baseline": None}
+
+    monkeypatch.setattr(analysis, "check", spy)
+    analysis.watch(
+        None, settings(window=10, scrape_interval=1), duration=12, interval=3, clock=clock, sleep=clock.sleep
+    )
+    assert windows == [2, 5, 8, 10, 10]  # checks at 0, 3, 6, 9 and 12 s
+    windows.clear()
+    analysis.watch(None, settings(window=10, scrape_interval=1), duration=0, clock=clock, sleep=clock.sleep)
+    assert windows == [10]  # one check alone reads the whole window
+
+
 def test_watch_passes_only_when_the_last_window_passes(monkeypatch):
     clock = FakeClock()
     seen = fake_checks(monkeypatch, ["inconclusive", "pass", "pass", "inconclusive"])
