@@ -83,6 +83,8 @@ options:
         type: str
   window:
     description: Seconds of metrics each check reads, ending at the check. At least two scrape intervals.
+      With O(duration) above 0, a check reads no further back than the watch's start plus two scrape
+      intervals, so a release step is judged on its own traffic.
     type: int
     default: 60
   max_error_rate:
