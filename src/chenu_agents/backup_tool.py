@@ -134,7 +134,18 @@ def load_settings(path: Path) -> dict:
         problems.append(Problem(str(path), "repos", "at least one repository number"))
     if problems:
         raise BackupError(f"{path}: settings not as expected", problems)
-    return {**data, **settings}
+    return {**data, **settings, "_file": str(path)}
+
+
+def need(settings: dict, *fields: str) -> None:
+    """The settings a subcommand cannot do without (optional for the others) are set."""
+    missing = [field for field in fields if not settings.get(field)]
+    if missing:
+        where = str(settings.get("_file", "the settings"))
+        raise BackupError(
+            f"{where}: {', '.join(missing)} not set",
+            [Problem(where, field, "set for this subcommand") for field in missing],
+        )
 
 
 def run(argv: list[str], env: dict | None = None, cwd: str | None = None, timeout: float | None = None) -> str:
@@ -262,6 +273,7 @@ def prune(directory: Path, days: int, pattern: str = "*") -> list[str]:
 
 
 def cmd_state(settings: dict, args: argparse.Namespace) -> dict:
+    need(settings, "state_dir", "redis_host")
     directory = Path(settings["state_dir"])
     directory.mkdir(parents=True, exist_ok=True)
     stamp = now().strftime("%Y%m%dT%H%M%SZ")
@@ -357,6 +369,7 @@ def cmd_documents(settings: dict, args: argparse.Namespace) -> dict:
     put-object, which returns its version id. One still not matching changed while we read it: it is
     listed as unconfirmed and the next run records it.
     """
+    need(settings, "documents_dir", "documents_bucket", "s3_url")
     source = Path(settings["documents_dir"])
     bucket = settings["documents_bucket"]
     started = time.monotonic()
@@ -551,6 +564,7 @@ def cmd_documents_fetch(settings: dict, args: argparse.Namespace) -> dict:
 
 
 def cmd_config(settings: dict, args: argparse.Namespace) -> dict:
+    need(settings, "config_git_repo")
     repo = Path(settings["config_git_repo"])
     if not (repo / "HEAD").exists():
         run(["git", "init", "--quiet", "--bare", "--initial-branch=main", str(repo)])

@@ -448,3 +448,15 @@ def test_as_user_only_wraps_when_root(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_run_names_the_command_and_its_error() -> None:
     with pytest.raises(BackupError, match=r"^sh -c echo boom >&2; exit 3\.\.\. exited 3: boom$"):
         backup_tool.run(["sh", "-c", "echo boom >&2; exit 3"])
+
+
+@pytest.mark.parametrize(
+    ("command", "fields"),
+    [("state", "state_dir"), ("documents", "documents_dir, documents_bucket, s3_url"), ("config", "config_git_repo")],
+)
+def test_a_subcommand_refuses_settings_it_needs_unset(tmp_path: Path, command: str, fields: str) -> None:
+    path = tmp_path / "settings.json"
+    path.write_text(json.dumps(GOOD), encoding="utf-8")
+    settings = backup_tool.load_settings(path)
+    with pytest.raises(BackupError, match=f"^{re.escape(str(path))}: {fields} not set"):
+        backup_tool.HANDLERS[command](settings, None)
