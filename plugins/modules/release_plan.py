@@ -114,9 +114,9 @@ plan:
     skip: {description: Nothing to release., type: bool}
     skip_reason: {description: Why nothing is released (empty otherwise)., type: str}
     stable: {description: "The serving slot C({slot, url, weight, status, up, version, digest}), or null.", type: dict}
-    candidate: {description: The slot receiving the candidate, with the candidate's version., type: dict}
-    candidate_state: {description: The candidate version's registry state, or null., type: str}
-    stable_state: {description: The stable version's registry state, or null., type: str}
+    candidate: {description: "The slot receiving the candidate, with the candidate's version.", type: dict}
+    candidate_state: {description: "The candidate version's registry state, or null.", type: str}
+    stable_state: {description: "The stable version's registry state, or null.", type: str}
     summary: {description: One sentence saying what the release will do., type: str}
   sample:
     agent: legal_info

@@ -358,7 +358,8 @@ def _check_manifest(files: dict[str, bytes], where: str, limits: Limits | None =
             or set(entry) != {"sha256", "size"}
             or not isinstance(entry["sha256"], str)
             or not _SHA256_HEX.match(entry["sha256"])
-            or type(entry["size"]) is not int
+            or not isinstance(entry["size"], int)
+            or isinstance(entry["size"], bool)
             or entry["size"] < 0
         ):
             raise malformed(f"files.{name[:120]}", "{sha256: 64 lowercase hex digits, size: a whole number of bytes}")

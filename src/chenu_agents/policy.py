@@ -393,7 +393,7 @@ def _fold(text: str, start: int, end: int) -> tuple[list[str], list[int]]:
         j = i + 1
         while j < len(kept) and unicodedata.combining(kept[j][0]):
             j += 1  # a letter and its combining marks compose together ("e" + U+0301 -> "é")
-        for ch in unicodedata.normalize("NFKC", "".join(c for c, _ in kept[i:j])):
+        for ch in unicodedata.normalize("NFKC", "".join(c for c, _line in kept[i:j])):
             if not _invisible(ch):
                 out.append(ch.translate(_CONFUSABLES))
                 where.append(kept[i][1])
