@@ -47,6 +47,23 @@ options:
     description: Lifetime of a new statement, in days.
     type: float
     default: 30
+  max_lifetime_days:
+    description:
+      - The longest a statement may live (C(expires_at - issued_at)), in days. With O(state=signed), a longer
+        O(validity_days) is refused; with O(state=verified), a statement that claims a longer life is refused
+        (C(StatementTooLong)), whatever it says, so a stolen key cannot back-date one that verifies for years.
+    type: float
+    default: 30
+  force_digest:
+    description:
+      - With O(state=verified) and O(accepted_versions), accept this bundle although another digest was
+        accepted before under the same version (C(VersionPinned) otherwise). The replacement is appended
+        to the pin file's audit rows, with O(reason).
+    type: bool
+    default: false
+  reason:
+    description: Why O(force_digest) replaces a pinned digest; recorded with it.
+    type: str
   renew_before_days:
     description: With O(state=signed), sign again when the statement expires within this many days.
     type: float
@@ -177,7 +194,12 @@ def ensure_signed(module):
     before = None
     try:
         statement = signing.verify_bundle(
-            p["bundle"], _trust(module, keystore), signature_path=sig_path, agent=agent, version=version
+            p["bundle"],
+            _trust(module, keystore),
+            signature_path=sig_path,
+            agent=agent,
+            version=version,
+            max_lifetime=timedelta(days=p["max_lifetime_days"]),
         )
         before = statement.to_dict()
         if statement.key_id != current:
@@ -194,6 +216,7 @@ def ensure_signed(module):
             agent=agent,
             version=version,
             validity=timedelta(days=p["validity_days"]),
+            max_lifetime=timedelta(days=p["max_lifetime_days"]),
             signature_path=sig_path,
         )
     out = dict(changed=changed, signature=sig_path, reason=reason)
@@ -205,6 +228,8 @@ def ensure_signed(module):
 
 
 def ensure_verified(module):
+    from datetime import timedelta
+
     from chenu_agents import signing
     from chenu_agents.trust import AcceptedVersions, TrustStore
 
@@ -215,8 +240,6 @@ def ensure_verified(module):
         trust = keystore_from_params(p["keystore"]).trust_store()
     else:
         module.fail_json(msg="state=verified needs trust_store or keystore")
-    if p["record"] and not p["accepted_versions"]:
-        module.fail_json(msg="record=true needs accepted_versions")
     accepted = AcceptedVersions(p["accepted_versions"]) if p["accepted_versions"] else None
     sig_path = p["signature"] or str(signing.signature_path_for(p["bundle"]))
     statement = signing.verify_bundle(
@@ -227,6 +250,9 @@ def ensure_verified(module):
         version=p["version"],
         accepted=accepted,
         allow_rollback=p["allow_rollback"],
+        max_lifetime=timedelta(days=p["max_lifetime_days"]),
+        force_digest=p["force_digest"],
+        reason=p["reason"],
     )
     changed = False
     if p["record"]:
@@ -245,6 +271,9 @@ def main():
             agent=dict(type="str"),
             version=dict(type="str"),
             validity_days=dict(type="float", default=30),
+            max_lifetime_days=dict(type="float", default=30),
+            force_digest=dict(type="bool", default=False),
+            reason=dict(type="str"),
             renew_before_days=dict(type="float", default=7),
             trust_store=dict(type="path"),
             accepted_versions=dict(type="path"),
@@ -252,6 +281,7 @@ def main():
             record=dict(type="bool", default=False),
             keystore=KEYSTORE_SPEC,
         ),
+        required_if=[("record", True, ("accepted_versions",)), ("force_digest", True, ("accepted_versions", "reason"))],
         supports_check_mode=True,
     )
     require_chenu_agents(module)
