@@ -19,6 +19,8 @@ description:
   - The bundle is written through a temporary file and a rename; a reader never sees half a bundle.
 author:
   - chenu.agents maintainers (@chenu-agents)
+extends_documentation_fragment:
+  - chenu.agents.attributes
 options:
   src:
     description: The agent source folder (its name must equal the agent id).
@@ -43,15 +45,12 @@ options:
     default: {}
 attributes:
   check_mode:
-    description: Can run in check mode and report what would change without changing it.
     support: full
     details: The bundle is built in memory and compared with O(dest); nothing is written.
   diff_mode:
-    description: Returns details on what changed (or would change) in diff mode.
     support: full
     details: Shows the digest and sizes before and after.
   idempotent:
-    description: A second run with the same arguments reports no change.
     support: full
 requirements:
   - chenu_agents (the Python package of this collection) on the host that runs the task

@@ -22,6 +22,8 @@ description:
     must be C(<slot dir>/current/agent.tar.zst).
 author:
   - chenu.agents maintainers (@chenu-agents)
+extends_documentation_fragment:
+  - chenu.agents.attributes
 options:
   settings:
     description: The slot's runtime settings file on the host (C(/etc/chenu-agents/runtime/<agent>-<slot>.yaml)).
@@ -73,15 +75,12 @@ options:
     default: 3
 attributes:
   check_mode:
-    description: Can run in check mode and report what would change without changing it.
     support: full
     details: Verifies the bundle and compares its digest with what the slot has installed and serves.
   diff_mode:
-    description: Returns details on what changed (or would change) in diff mode.
     support: full
     details: Agent, version and digest installed and served, before and after.
   idempotent:
-    description: A second run with the same arguments reports no change.
     support: full
     details: A slot that already serves the bundle's digest from its current release is left alone.
 notes:

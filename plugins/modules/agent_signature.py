@@ -21,6 +21,7 @@ description:
 author:
   - chenu.agents maintainers (@chenu-agents)
 extends_documentation_fragment:
+  - chenu.agents.attributes
   - chenu.agents.keystore
 options:
   state:
@@ -87,14 +88,11 @@ options:
     default: false
 attributes:
   check_mode:
-    description: Can run in check mode and report what would change without changing it.
     support: full
     details: Reports whether a signature would be made or a version recorded, without writing.
   diff_mode:
-    description: Returns details on what changed (or would change) in diff mode.
     support: full
   idempotent:
-    description: A second run with the same arguments reports no change.
     support: full
     details: A valid, current statement is kept; PSS signatures are randomised, so re-signing would change bytes.
 requirements:

@@ -23,6 +23,8 @@ description:
   - Slots read the file again within a second of a change; nothing is reloaded.
 author:
   - chenu.agents maintainers (@chenu-agents)
+extends_documentation_fragment:
+  - chenu.agents.attributes
 options:
   flags_file:
     description: The flags file on the runtime host, the C(feature_flag.file) of the slots' runtime settings.
@@ -75,13 +77,12 @@ options:
     default: "0644"
 attributes:
   check_mode:
-    description: Can run in check mode and report what would change without changing it.
     support: full
   diff_mode:
-    description: Returns the flag before and after in diff mode.
+    details: Returns the flag before and after in diff mode.
     support: full
   idempotent:
-    description: A second run with the same arguments reports no change and keeps the epoch.
+    details: A second run with the same arguments reports no change and keeps the epoch.
     support: full
 notes:
   - The flag file holds no secret; the runtime reads it as the slot's user.

@@ -24,6 +24,8 @@ author:
   - chenu.agents maintainers (@chenu-agents)
 requirements:
   - the chenu_agents Python package (shipped in this collection's C(src/))
+extends_documentation_fragment:
+  - chenu.agents.attributes
 options:
   windows:
     description:
@@ -58,13 +60,13 @@ options:
     type: str
 attributes:
   check_mode:
-    description: Reads only; runs the same in check mode.
+    details: Reads only; runs the same in check mode.
     support: full
   diff_mode:
-    description: Nothing changes, so there is no diff.
+    details: Nothing changes, so there is no diff.
     support: none
   idempotent:
-    description: Never changes anything.
+    details: Never changes anything.
     support: full
 notes:
   - Overlapping windows are allowed; O(at) inside any of them is inside.

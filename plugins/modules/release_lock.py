@@ -25,6 +25,7 @@ description:
 author:
   - chenu.agents maintainers (@chenu-agents)
 extends_documentation_fragment:
+  - chenu.agents.attributes
   - chenu.agents.registry
 options:
   agent:
@@ -59,15 +60,12 @@ options:
     default: false
 attributes:
   check_mode:
-    description: Can run in check mode and report what would change without changing it.
     support: full
     details: Says whether the lease would be taken, renewed or freed (and fails as the real run would), writes nothing.
   diff_mode:
-    description: Returns details on what changed (or would change) in diff mode.
     support: full
     details: The lease before and after.
   idempotent:
-    description: A second run with the same arguments reports no change.
     support: partial
     details:
       - O(state=absent) on a free lock changes nothing. O(state=present) and O(state=renewed) always push

@@ -20,6 +20,8 @@ description:
   - It only reads; it never changes a weight, a slot or the registry.
 author:
   - chenu.agents maintainers (@chenu-agents)
+extends_documentation_fragment:
+  - chenu.agents.attributes
 options:
   agent:
     description: Agent id.
@@ -65,14 +67,11 @@ options:
     default: ""
 attributes:
   check_mode:
-    description: Can run in check mode and report what would change without changing it.
     support: full
     details: It only reads, in check mode as otherwise.
   diff_mode:
-    description: Returns details on what changed (or would change) in diff mode.
     support: none
   idempotent:
-    description: A second run with the same arguments reports no change.
     support: full
 requirements:
   - chenu_agents (the Python package of this collection)

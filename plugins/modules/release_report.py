@@ -17,6 +17,8 @@ description:
   - The steps' numbers are those C(chenu.agents.rollout_analysis) returns (its C(canary) and C(baseline)).
 author:
   - chenu.agents maintainers (@chenu-agents)
+extends_documentation_fragment:
+  - chenu.agents.attributes
 options:
   dest:
     description: Directory of the reports; created when missing.
@@ -33,13 +35,13 @@ options:
     required: true
 attributes:
   check_mode:
-    description: Can run in check mode and return the report it would write, writing nothing.
+    details: Can run in check mode and return the report it would write, writing nothing.
     support: full
   diff_mode:
-    description: Does not return a diff; the report is returned whole in RV(markdown).
+    details: Does not return a diff; the report is returned whole in RV(markdown).
     support: none
   idempotent:
-    description: The same release data writes the same files, and a second run reports no change.
+    details: The same release data writes the same files, and a second run reports no change.
     support: full
 requirements:
   - chenu_agents (the Python package of this collection)

@@ -18,6 +18,8 @@ description:
     fail the task; RV(failures) lists them, and the release decides.
 author:
   - chenu.agents maintainers (@chenu-agents)
+extends_documentation_fragment:
+  - chenu.agents.attributes
 options:
   bundle:
     description: The candidate's bundle (C(.tar.zst)), whose tests are sent.
@@ -42,14 +44,11 @@ options:
     default: 30
 attributes:
   check_mode:
-    description: Can run in check mode and report what would change without changing it.
     support: full
     details: Sends the tests in check mode too; sending a task changes nothing on the host.
   diff_mode:
-    description: Returns details on what changed (or would change) in diff mode.
     support: none
   idempotent:
-    description: A second run with the same arguments reports no change.
     support: full
 requirements:
   - chenu_agents (the Python package of this collection)

@@ -21,6 +21,7 @@ description:
 author:
   - chenu.agents maintainers (@chenu-agents)
 extends_documentation_fragment:
+  - chenu.agents.attributes
   - chenu.agents.keystore
 options:
   state:
@@ -40,14 +41,11 @@ options:
     type: path
 attributes:
   check_mode:
-    description: Can run in check mode and report what would change without changing it.
     support: full
   diff_mode:
-    description: Returns details on what changed (or would change) in diff mode.
     support: full
     details: Shows the current key and the key ids before and after.
   idempotent:
-    description: A second run with the same arguments reports no change.
     support: full
     details: With O(force=true) and O(state=rotated), every run rotates, by design.
 requirements:

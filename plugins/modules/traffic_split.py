@@ -32,6 +32,8 @@ description:
     EXAMPLES). Slot health is not observed there, the readiness probes take a slot out of its Service.
 author:
   - chenu.agents maintainers (@chenu-agents)
+extends_documentation_fragment:
+  - chenu.agents.attributes
 options:
   backend:
     description: Where the traffic split lives.
@@ -130,15 +132,12 @@ options:
     default: {requests: {cpu: 250m, memory: 256Mi}, limits: {cpu: "1", memory: 1Gi}}
 attributes:
   check_mode:
-    description: Can run in check mode and report what would change without changing it.
     support: full
     details: Reads the current weights and states, checks the request and lists the commands it would send.
   diff_mode:
-    description: Returns details on what changed (or would change) in diff mode.
     support: full
     details: Each slot's weight and state before and after.
   idempotent:
-    description: A second run with the same arguments reports no change.
     support: full
 notes:
   - The Kubernetes apply is not exercised on this project's hosts (no cluster); the manifests are
