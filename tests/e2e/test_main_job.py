@@ -14,9 +14,11 @@ import re
 
 import pytest
 
+from chenu_agents.traffic import HAProxyTraffic
 from tests.e2e.ansible_run import run_playbook
 from tests.e2e.release_support import (
     EXAMPLE,
+    HAPROXY_SOCKET,
     make_version,
     next_version,
     served_version,
@@ -26,6 +28,8 @@ from tests.e2e.release_support import (
     stack_serving,  # noqa: F401  # the fixture, used below
 )
 from tests.pg import require, throwaway_database
+
+SERVER_STATE_FILE = "/var/lib/haproxy/server-state"  # the load_balancer role's default
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("stack_serving")]
 
@@ -89,3 +93,22 @@ def test_main_job_releases_from_an_empty_registry_then_changes_nothing(no_traffi
         assert again.returncode == 0, again.tail()
         assert again.output.count("Skipped:") == 2, again.tail()
         assert served_version(stable_slot()) == version
+
+
+def test_retire_puts_the_idle_slot_in_maintenance_and_frees_the_lock():
+    stable = stable_slot()
+    idle = next(slot for slot in ("blue", "green") if slot != stable)
+    try:
+        run = run_playbook("playbooks/release.yml", "-e", "agent=legal_info", "-e", "retire=true")
+        assert run.returncode == 0, run.tail()
+        assert f"{idle} retired (HAProxy maintenance)" in run.output, run.tail()
+        assert "release lock of legal_info freed" in run.output, run.tail()
+        state = servers()
+        assert state[idle]["weight"] == 0 and state[stable]["weight"] == 100, state
+        assert state[idle]["admin_state"] & 0x01, state  # forced maintenance
+    finally:
+        # Back to ready, saved in the server-state file as the playbook saved the maintenance.
+        HAProxyTraffic("be_legal_info", HAPROXY_SOCKET, server_state_file=SERVER_STATE_FILE).apply(
+            {stable: 100}, {idle: "ready"}
+        )
+        assert servers()[idle]["admin_state"] == 0
