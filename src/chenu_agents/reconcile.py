@@ -113,7 +113,7 @@ def state_file_for(
     content: dict[str, Any] = {"state": state, "version": version}
     if state == "paused":
         content.update(fallback_agent=fallback_agent, reason=view.get("reason"), retry_after=retry_after)
-    if state in ("active", "paused", *STOPPED):
+    if state in STOPPED or (state in ("active", "paused") and view.get("deprecation")):  # announced
         content.update({k: view.get(k) for k in ("replacement", "deprecation", "sunset")})
     if state in STOPPED and fallback_agent:
         content["fallback_agent"] = fallback_agent

@@ -78,6 +78,12 @@ STAGED = {"state": "staged"}
     ("view", "fallback", "weight", "in_progress", "expected"),
     [
         (ACTIVE, "estimator", 100, False, {"state": "active"}),
+        # another active version is no replacement to name until a deprecation is announced
+        ({"state": "active", "replacement": "1.3.0"}, None, 100, False, {"state": "active"}),
+        (
+            {"state": "active", "replacement": "1.3.0", "deprecation": "d", "sunset": "s"}, None, 100, False,
+            {"state": "active", "replacement": "1.3.0", "deprecation": "d", "sunset": "s"},
+        ),
         (
             PAUSED, "estimator", 100, False,
             {"state": "paused", "fallback_agent": "estimator", "reason": "incident 42", "retry_after": 30},
