@@ -218,6 +218,17 @@ def test_pause_redirects_to_the_fallback_and_resume_restores(served):
     assert "resume paused -> active" in " ".join(output.split())
     print(f"resume: lifecycle.yml took {seconds:.1f} s; the next task was served by {version}")
 
+    # Out-of-band drift: green's state file says paused, the registry says active. Any run for the agent
+    # (here asking for the state it is in) reports it and puts it back.
+    green = Path("/var/lib/chenu-agents/slots/legal_info/green/state.json")
+    green.write_text(json.dumps({"state": "paused", "version": version}))
+    assert until("green reads its file", lambda: status(SLOTS["green"])["state"] == "paused", timeout=10)
+    _seconds, output = run_lifecycle(version, "deploy")
+    assert f"drift: legal_info-green on localhost serves {version} as paused; the registry says active" in (
+        " ".join(output.split())
+    )
+    assert status(SLOTS["green"])["state"] == "active"
+
 
 def test_deprecate_lets_a_task_in_flight_finish_then_restore(served):
     version = served["version"]
@@ -234,6 +245,11 @@ def test_deprecate_lets_a_task_in_flight_finish_then_restore(served):
     in_flight = threading.Thread(target=ask)
     in_flight.start()
     until("the task in flight", lambda: (status(SLOTS["blue"]) or {}).get("in_flight", 0) >= 1, timeout=10, every=0.1)
+    metrics = requests.get(f"http://127.0.0.1:{SLOTS['blue']}/metrics", timeout=5).text
+    counted = (
+        f'chenu_agent_deprecated_calls_total{{agent="legal_info",caller="caller",slot="blue",version="{version}"}}'
+    )
+    assert counted in metrics, "the callers of an announced version are counted"
     seconds, output = run_lifecycle(version, "deprecate", reason="e2e: end of life")
     ended = time.monotonic()
     in_flight.join(60)
