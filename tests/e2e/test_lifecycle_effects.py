@@ -247,7 +247,7 @@ def test_deprecate_lets_a_task_in_flight_finish_then_restore(served):
     until("the task in flight", lambda: (status(SLOTS["blue"]) or {}).get("in_flight", 0) >= 1, timeout=10, every=0.1)
     metrics = requests.get(f"http://127.0.0.1:{SLOTS['blue']}/metrics", timeout=5).text
     counted = (
-        f'chenu_agent_deprecated_calls_total{{agent="legal_info",caller="caller",slot="blue",version="{version}"}}'
+        f'chenu_agent_deprecated_calls_total{{agent="legal_info",version="{version}",slot="blue",caller="caller"}}'
     )
     assert counted in metrics, "the callers of an announced version are counted"
     seconds, output = run_lifecycle(version, "deprecate", reason="e2e: end of life")
