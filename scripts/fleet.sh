@@ -120,14 +120,21 @@ ensure_network() {
   fi
 }
 
+# Every container gets SYS_PTRACE, which root has on a real host: without it start-stop-daemon cannot
+# read /proc/PID/exe of a daemon running as another user, and Debian's init scripts then fail to stop
+# (redis-server, for one) while reporting success.
+BASE_CAPS=SYS_PTRACE
+
 ensure_container() {
-  local image=$1 name=$2 address=$3 network=$4 caps=$5
+  local image=$1 name=$2 address=$3 network=$4 caps=$5 spec
+  [ "$caps" = - ] && caps=$BASE_CAPS || caps="$BASE_CAPS,$caps"
+  spec=$(printf '%s %s %s %s' "$image" "$address" "$network" "$caps" | sha256sum | cut -c1-12)
   if podman container exists "$name"; then
     local current state
-    current=$(podman inspect --format '{{.ImageName}}' "$name")
+    current=$(podman inspect --format '{{index .Config.Labels "chenu.fleet.spec"}}' "$name")
     state=$(podman inspect --format '{{.State.Status}}' "$name")
-    if [ "$current" != "$image" ]; then
-      log "$name runs $current, not $image: replaced"
+    if [ "$current" != "$spec" ]; then
+      log "$name was made from another image, address or capabilities: replaced"
       podman rm -f "$name" >/dev/null
     elif [ "$state" != running ]; then
       podman start "$name" >/dev/null
@@ -137,10 +144,8 @@ ensure_container() {
       return
     fi
   fi
-  local args=(--detach --name "$name" --hostname "$name" --label "$LABEL=1"
-    --network "$network" --ip "$address")
-  [ "$caps" = - ] || args+=(--cap-add "$caps")
-  podman run "${args[@]}" "$image" >/dev/null
+  podman run --detach --name "$name" --hostname "$name" --label "$LABEL=1" --label "chenu.fleet.spec=$spec" \
+    --network "$network" --ip "$address" --cap-add "$caps" "$image" >/dev/null
   log "$name up at $address"
 }
 

@@ -15,7 +15,7 @@ FLEET_NODE_PACKAGES=(
   supervisor
   prometheus prometheus-alertmanager prometheus-node-exporter prometheus-postgres-exporter
   prometheus-redis-exporter daemon
-  pgbackrest cron git
+  pgbackrest cron git awscli
 )
 
 # fleet_build_base DIR MIRROR: a minimal Debian bookworm root file system.
