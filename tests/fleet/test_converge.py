@@ -38,4 +38,5 @@ def test_second_run_changes_nothing(fleet):
     run = fleet_playbook("playbooks/site.yml")
     record_timing("site_second_run", run.seconds)
     assert run.returncode == 0, run.tail()
-    assert run.total("changed") == 0, f"changed on the second run: {_changed_tasks(run.output)}"
+    changed = run.total("changed")
+    assert changed == 0, f"changed on the second run: {_changed_tasks(run.output)}"
