@@ -23,6 +23,7 @@ description:
 author:
   - chenu.agents maintainers (@chenu-agents)
 extends_documentation_fragment:
+  - chenu.agents.attributes
   - chenu.agents.registry
 options:
   state:
@@ -61,14 +62,11 @@ options:
     type: str
 attributes:
   check_mode:
-    description: Can run in check mode and report what would change without changing it.
     support: full
   diff_mode:
-    description: Returns details on what changed (or would change) in diff mode.
     support: full
     details: The versions kept in the store before and after.
   idempotent:
-    description: A second run with the same arguments reports no change.
     support: full
 requirements:
   - chenu_agents (the Python package of this collection) and psycopg 3 on the host that runs the task

@@ -31,6 +31,7 @@ description:
 author:
   - chenu.agents maintainers (@chenu-agents)
 extends_documentation_fragment:
+  - chenu.agents.attributes
   - chenu.agents.registry
 options:
   agent:
@@ -126,17 +127,14 @@ options:
     default: 60
 attributes:
   check_mode:
-    description: Can run in check mode and report what would change without changing it.
     support: full
     details:
       - Shows the transition without making it. Gates verify the bundle and the approvals but do not
         start a sandbox runtime.
   diff_mode:
-    description: Returns details on what changed (or would change) in diff mode.
     support: full
     details: The version's state before and after.
   idempotent:
-    description: A second run with the same arguments reports no change.
     support: full
     details: Asking for the current state (or an action leading there) changes nothing.
 requirements:

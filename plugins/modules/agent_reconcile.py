@@ -31,6 +31,8 @@ description:
     does not finish its tasks within O(drain_timeout).
 author:
   - chenu.agents maintainers (@chenu-agents)
+extends_documentation_fragment:
+  - chenu.agents.attributes
 options:
   agent:
     description: Agent id.
@@ -113,15 +115,12 @@ options:
     default: {}
 attributes:
   check_mode:
-    description: Can run in check mode and report what would change without changing it.
     support: full
     details: Reads the slots and the load balancer, reports the plan; writes, starts and stops nothing.
   diff_mode:
-    description: Returns details on what changed (or would change) in diff mode.
     support: full
     details: The state files (slots) or the map entries (load balancer) before and after.
   idempotent:
-    description: A second run with the same arguments reports no change.
     support: full
 requirements:
   - chenu_agents (the Python package of this collection) on the host that runs the task
