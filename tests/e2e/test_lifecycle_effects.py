@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
+from prometheus_client.parser import text_string_to_metric_families
 
 from chenu_agents import bundle as bundles
 from chenu_agents import deploy, lifecycle, reconcile
@@ -246,10 +247,14 @@ def test_deprecate_lets_a_task_in_flight_finish_then_restore(served):
     in_flight.start()
     until("the task in flight", lambda: (status(SLOTS["blue"]) or {}).get("in_flight", 0) >= 1, timeout=10, every=0.1)
     metrics = requests.get(f"http://127.0.0.1:{SLOTS['blue']}/metrics", timeout=5).text
-    counted = (
-        f'chenu_agent_deprecated_calls_total{{agent="legal_info",version="{version}",slot="blue",caller="caller"}}'
-    )
-    assert counted in metrics, "the callers of an announced version are counted"
+    counted = [
+        sample.value
+        for family in text_string_to_metric_families(metrics)
+        for sample in family.samples
+        if sample.name == "chenu_agent_deprecated_calls_total"
+        and sample.labels == {"agent": "legal_info", "version": version, "slot": "blue", "caller": "caller"}
+    ]
+    assert counted and counted[0] >= 1, "the callers of an announced version are counted"
     seconds, output = run_lifecycle(version, "deprecate", reason="e2e: end of life")
     ended = time.monotonic()
     in_flight.join(60)
