@@ -139,9 +139,9 @@ ensure_container() {
     elif [ "$state" != running ]; then
       podman start "$name" >/dev/null
       log "$name started again"
-      return
+      return 0
     else
-      return
+      return 0
     fi
   fi
   podman run --detach --name "$name" --hostname "$name" --label "$LABEL=1" --label "chenu.fleet.spec=$spec" \
