@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+import requests
 import yaml
 
 from tests.e2e.ansible_run import REPO
@@ -15,6 +16,9 @@ INVENTORY = REPO / "inventories" / "fleet"
 SECRETS = REPO / ".cache" / "fleet" / "secrets"
 FLEET_SH = REPO / "scripts" / "fleet.sh"
 T = TypeVar("T")
+# What a probe raises while a service is still down: a refused connection, a command that failed, an
+# answer that is not the JSON it will be.
+RETRIED = (AssertionError, OSError, ValueError, KeyError, requests.RequestException, subprocess.SubprocessError)
 
 
 def _hosts(group: dict) -> dict[str, dict]:
@@ -82,7 +86,7 @@ def wait_until(probe: Callable[[], T | None], timeout: float, interval: float = 
     while True:
         try:
             result = probe()
-        except Exception as exc:  # a probe that cannot connect yet is retried like a falsy one
+        except RETRIED as exc:  # a probe that cannot connect yet is retried like a falsy one
             result, last = None, exc
         if result:
             return result
