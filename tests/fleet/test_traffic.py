@@ -47,8 +47,8 @@ def test_deploy_puts_the_agent_on_every_runtime_host(deployed):
     assert len(answers) == 2
     versions = {(a["agent"], a["slot"], a["version"]) for a in answers.values()}
     assert len(versions) == 1, answers
-    agent, slot, _ = versions.pop()
-    assert (agent, slot) == ("legal_info", "blue")
+    agent, slot, version = versions.pop()
+    assert (agent, slot) == ("legal_info", "blue") and version, answers
 
 
 def _served(balancer: str) -> dict[str, int]:
@@ -72,7 +72,7 @@ def test_both_load_balancers_route_to_both_runtime_hosts(deployed):
             what=f"{balancer}'s runtime API",
         )
         before = _served(balancer)
-        for _ in range(8):
+        for _request in range(8):
             assert _task(address(balancer), FRONTEND_PORT)["slot"] == "blue"
         after = _served(balancer)
         moved = {name: after[name] - before.get(name, 0) for name in after}
