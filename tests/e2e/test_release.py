@@ -164,15 +164,29 @@ def test_prometheus_stopped_mid_rollout_never_promotes(tmp_path):
 
 
 def _durations(slot: str) -> Histogram:
-    """The slot's request duration histogram as its runtime serves it (cumulative since its start)."""
+    """The request duration histogram of the version the slot serves (cumulative since it loaded it)."""
+    version = served_version(slot)
     text = requests.get(f"http://127.0.0.1:{SLOT_PORTS[slot]}/metrics", timeout=5).text
     cumulative = {
         float(sample.labels["le"]): sample.value
         for family in text_string_to_metric_families(text)
         for sample in family.samples
-        if sample.name == "chenu_agent_request_duration_seconds_bucket" and sample.labels.get("agent") == "legal_info"
+        if sample.name == "chenu_agent_request_duration_seconds_bucket"
+        and (sample.labels.get("agent"), sample.labels.get("version")) == ("legal_info", version)
     }
     return Histogram.from_cumulative(cumulative)
+
+
+def _ask(session: requests.Session, slot: str, token: str) -> float:
+    started = time.perf_counter()
+    answer = session.post(
+        f"http://127.0.0.1:{SLOT_PORTS[slot]}/v1/tasks",
+        json={"input": "Bonjour"},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=30,
+    )
+    assert answer.status_code == 200, answer.text
+    return time.perf_counter() - started
 
 
 def stable_p95(slot: str, tasks: int = 80) -> float:
@@ -181,13 +195,7 @@ def stable_p95(slot: str, tasks: int = 80) -> float:
     before = _durations(slot)
     with requests.Session() as session:
         for _ in range(tasks):
-            answer = session.post(
-                f"http://127.0.0.1:{SLOT_PORTS[slot]}/v1/tasks",
-                json={"input": "Bonjour"},
-                headers={"Authorization": f"Bearer {token}"},
-                timeout=10,
-            )
-            assert answer.status_code == 200, answer.text
+            _ask(session, slot, token)
     after = _durations(slot)
     assert after.bounds == before.bounds
     window = Histogram(after.bounds, tuple(a - b for a, b in zip(after.counts, before.counts, strict=True)))
@@ -206,9 +214,15 @@ def make_slow_version(dest: Path, version: str, added_ms: float) -> Path:
 
 
 def test_version_three_times_slower_is_taken_out_on_latency(tmp_path):
-    """No error at all, only slower: a candidate whose every answer takes stable's p95 twice more (so
-    its p95 is about 3x stable's) is taken out at the first step, the output naming latency."""
+    """No error at all, only slower: a candidate whose every answer takes twice stable's p95 more (about
+    3x stable's median answer) is taken out at the first step, the output naming latency."""
     stable = stable_slot()
+    with requests.Session() as session:
+        probe = _ask(session, stable, (SECRETS / "runtime_caller").read_text().strip())
+    if probe > 0.5:  # an earlier run left a deliberately slow version serving: start from the example's
+        restored = run_playbook("playbooks/deploy.yml", "-e", f"slot={stable}", "-e", "allow_rollback=true")
+        assert restored.returncode == 0, restored.tail()
+        stable = stable_slot()
     good = served_version(stable)
     p95 = stable_p95(stable)
     added_ms = round(2 * p95 * 1000, 2)
@@ -216,17 +230,16 @@ def test_version_three_times_slower_is_taken_out_on_latency(tmp_path):
     run = release(make_slow_version(tmp_path, version, added_ms))
     out = run.output
     assert run.returncode != 0, run.tail()
-    step = re.search(r"canary step 1/3: 5 %: (FAIL[^\n]*)", out)
-    assert step, (added_ms, _step_lines(out), run.tail())
-    line = step[1]
-    assert line.startswith("FAIL (latency") and "0.0 % errors" in line, line
-    ratio = float(re.search(r"canary p95 latency [\d.]+ m?s is ([\d.]+)x the baseline's", line)[1])
-    assert 2 < ratio < 6, (p95, added_ms, line)
+    assert re.search(r"canary step 1/3: 5 %: FAIL \(latency", out), (added_ms, _step_lines(out), run.tail())
     assert "canary step 2/3" not in "".join(_step_lines(out)), _step_lines(out)
     report = Path(re.search(r"report: (\S+\.md)", out)[1]).read_text()
-    assert "| 5 % | 5 % | **fail** | latency" in report, report
+    row = re.search(r"\| 5 % \| 5 % \| \*\*fail\*\* \| (latency[\w, ]*) \| \d+ \| 0\.0 % \| [^|]+ \| [^|]+ \| [^|]+ \| "
+                    r"([\d.]+) ms \| ([\d.]+) ms \|", report)  # fmt: skip
+    assert row, report
+    assert float(row[2]) > 1.8 * float(row[3]), row[0]  # candidate mean against stable's: slower, measured
+    assert "significantly more than 2x slower" in report or "canary p95 latency" in report, report
     assert stable_slot() == stable and served_version(stable) == good
     assert sum(v["weight"] for s, v in servers().items() if s != stable) == 0
     assert registry_versions()[version] == "draft"
     reason = registry_audit("legal_info", version)[-1]["reason"]
-    assert "decided by latency" in reason and "canary p95 latency" in reason, reason
+    assert "decided by latency" in reason and "slower" in reason, reason
