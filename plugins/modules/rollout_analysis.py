@@ -39,6 +39,8 @@ description:
   - The task never fails for a verdict; the playbook decides what a verdict means. It only reads.
 author:
   - chenu.agents maintainers (@chenu-agents)
+extends_documentation_fragment:
+  - chenu.agents.attributes
 options:
   check:
     description: What to judge.
@@ -162,13 +164,13 @@ options:
     default: 0.0
 attributes:
   check_mode:
-    description: Runs in check mode exactly as in normal mode; it only reads.
+    details: Runs in check mode exactly as in normal mode; it only reads.
     support: full
   diff_mode:
-    description: Changes nothing, so there is nothing to diff.
+    details: Changes nothing, so there is nothing to diff.
     support: none
   idempotent:
-    description: Never changes anything; the verdict depends on the metrics at the time of the run.
+    details: Never changes anything; the verdict depends on the metrics at the time of the run.
     support: full
 requirements:
   - chenu_agents (the Python package of this collection), with requests, numpy and scipy
