@@ -30,6 +30,8 @@ author:
   - chenu.agents maintainers (@chenu-agents)
 requirements:
   - the chenu_agents Python package (shipped in this collection's C(src/))
+extends_documentation_fragment:
+  - chenu.agents.attributes
 options:
   runbook:
     description: Which runbook's rules apply.
@@ -88,13 +90,13 @@ options:
     default: 0.8
 attributes:
   check_mode:
-    description: Reads only its arguments; runs the same in check mode.
+    details: Reads only its arguments; runs the same in check mode.
     support: full
   diff_mode:
-    description: Nothing changes, so there is no diff.
+    details: Nothing changes, so there is no diff.
     support: none
   idempotent:
-    description: Never changes anything.
+    details: Never changes anything.
     support: full
 notes:
   - C(docs/operations.md) in this collection describes the runbooks built on this module.

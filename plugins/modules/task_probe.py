@@ -19,6 +19,8 @@ description:
   - Runs on the host of the slot with its own Python alone (the chenu_agents package is not needed there).
 author:
   - chenu.agents maintainers (@chenu-agents)
+extends_documentation_fragment:
+  - chenu.agents.attributes
 options:
   url:
     description: The slot's task endpoint, for example C(http://127.0.0.1:8101/v1/tasks).
@@ -38,13 +40,13 @@ options:
     default: 120
 attributes:
   check_mode:
-    description: The task is sent in check mode too; a task changes nothing on the host.
+    details: The task is sent in check mode too; a task changes nothing on the host.
     support: full
   diff_mode:
-    description: Nothing changes, so there is no diff.
+    details: Nothing changes, so there is no diff.
     support: none
   idempotent:
-    description: Never reports a change.
+    details: Never reports a change.
     support: full
 seealso:
   - module: chenu.agents.runbook_decide
