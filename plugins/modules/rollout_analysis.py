@@ -125,6 +125,12 @@ options:
     description: Ratio of the canary's median latency to the baseline's tolerated by the Mann-Whitney test
       even when significant; by default O(max_latency_ratio).
     type: float
+  min_latency_delta:
+    description:
+      - Seconds the canary's O(latency_quantile) must also exceed the baseline's by before the latency
+        criterion can fail; a ratio between a few milliseconds is noise, not a regression.
+    type: float
+    default: 0.025
   max_token_ratio:
     description: Highest acceptable ratio of the canary's LLM tokens (input and output) per answered task
       to the baseline's over the same window.
@@ -318,7 +324,7 @@ def analyse(module):
             for key in (
                 "window", "max_error_rate", "max_latency_ratio", "latency_quantile", "min_requests",
                 "min_baseline_requests", "error_codes", "alpha", "error_rate_tolerance", "latency_tolerance",
-                "max_token_ratio", "fallback_tolerance", "scrape_interval", "min_points",
+                "max_token_ratio", "fallback_tolerance", "scrape_interval", "min_points", "min_latency_delta",
             )
         },
     )  # fmt: skip
@@ -349,6 +355,7 @@ def main():
             error_rate_tolerance=dict(type="float", default=0.01),
             latency_tolerance=dict(type="float"),
             max_token_ratio=dict(type="float", default=1.5, no_log=False),
+            min_latency_delta=dict(type="float", default=0.025),
             fallback_tolerance=dict(type="float", default=0.05),
             scrape_interval=dict(type="float", default=15.0),
             min_points=dict(type="int", default=5),

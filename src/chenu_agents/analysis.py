@@ -90,6 +90,9 @@ class Settings:
     window: int = 60
     max_error_rate: float = 0.05
     max_latency_ratio: float = 2.0
+    # Seconds the canary's quantile must also exceed the baseline's by: at a few milliseconds, a ratio
+    # is scheduling noise (a freshly started slot's first requests), not a regression.
+    min_latency_delta: float = 0.025
     latency_quantile: float = 0.95
     min_requests: int = 50
     min_baseline_requests: int | None = None
@@ -113,6 +116,7 @@ class Settings:
         need(self.window >= 1, "window", "at least 1 second")
         need(0 <= self.max_error_rate <= 1, "max_error_rate", "a ratio in [0, 1], e.g. 0.05")
         need(self.max_latency_ratio > 0, "max_latency_ratio", "a positive ratio, e.g. 2.0")
+        need(self.min_latency_delta >= 0, "min_latency_delta", "a non-negative number of seconds, e.g. 0.025")
         need(0 < self.latency_quantile < 1, "latency_quantile", "a quantile in (0, 1), e.g. 0.95")
         need(self.min_requests >= 1, "min_requests", "at least 1")
         need(0 < self.alpha < 1, "alpha", "a significance level in (0, 1), e.g. 0.05")
@@ -564,6 +568,12 @@ def _judge_latency(settings, canary, baseline, tail, say) -> None:
     )
     if ratio <= settings.max_latency_ratio:
         say("latency", "pass", sentence)
+    elif cl - bl <= settings.min_latency_delta:
+        say(
+            "latency",
+            "pass",
+            f"{sentence}, but only {_secs(cl - bl)} above it (min_latency_delta {_secs(settings.min_latency_delta)})",
+        )
     elif tail is None or tail["significant"]:
         extra = (
             f": {tail['slower']} of {tail['n']} canary requests slower than {_secs(tail['limit'])}, more than "
@@ -692,7 +702,7 @@ def compare_slots(settings: Settings, canary: dict[str, Any], baseline: dict[str
     }
     bl = baseline.get(_qname(settings.latency_quantile))
     if bl:
-        limit = settings.max_latency_ratio * bl
+        limit = max(settings.max_latency_ratio * bl, bl + settings.min_latency_delta)
         out["latency_tail"] = tail_test(ch, limit, settings.latency_quantile, alpha=settings.alpha)
     return out
 

@@ -91,6 +91,14 @@ def test_latency_over_twice_the_baseline_fails_and_says_so():
     assert "400 of 400 canary requests slower than 600 ms" in j.reasons[0]
 
 
+def test_a_few_milliseconds_above_stable_is_not_a_latency_fail():
+    """A fresh slot's first requests (8.7 ms against 2.5 ms, seen in CI) are noise, not a regression."""
+    j = run(settings(), stats(400, 0, p95=0.0087), stats(8000, 0, p95=0.0025))
+    latency = next(c for c in j.criteria if c["criterion"] == "latency")
+    assert latency["verdict"] == "pass" and "min_latency_delta" in latency["reason"], latency
+    assert run(settings(min_latency_delta=0), stats(400, 0, p95=0.0087), stats(8000, 0, p95=0.0025)).verdict == "fail"
+
+
 def test_latency_at_the_limit_passes():
     assert run(settings(), stats(400, 0, p95=0.6), stats(8000, 0, p95=0.3)).verdict == "pass"
 
@@ -113,8 +121,11 @@ def test_latency_judged_at_every_scale(stable_s, factor, verdict):
     baseline = stats(240, durations=jittered(stable_s, 240, 3))
     j = run(settings(window=10, min_requests=10), canary, baseline)
     assert j.verdict == verdict, j.reasons
-    if verdict == "fail":
+    if verdict == "fail" and stable_s * (factor - 1) > 0.025:
         assert j.decided_by[0] == "latency" and "latency_shift" in j.decided_by, j.reasons
+    elif verdict == "fail":
+        # Within min_latency_delta (25 ms) of stable, the p95 ratio is not trusted; the rank test decides.
+        assert j.decided_by == ["latency_shift"], j.reasons
     measured = canary["latency_p95"] / baseline["latency_p95"]
     assert measured == pytest.approx(factor, rel=0.2)
 
