@@ -201,18 +201,7 @@ class SandboxRuntime:
         return False
 
     def task(self, text: str, timeout: float = 30) -> tuple[int, dict[str, Any]]:
-        import requests
-
-        answer = requests.post(
-            f"{self.url}/v1/tasks",
-            json={"input": text},
-            headers={"Authorization": f"Bearer {self.token}"},
-            timeout=timeout,
-        )
-        try:
-            return answer.status_code, answer.json()
-        except ValueError:
-            return answer.status_code, {"error": answer.text}
+        return post_task(self.url, self.token, text, timeout)
 
     def _stop(self) -> str:
         if self.proc is not None and self.proc.poll() is None:
@@ -269,6 +258,31 @@ def run(
             "constraints": constraints, "duration_s": round(time.monotonic() - started, 2)}  # fmt: skip
 
 
+def post_task(
+    url: str, token: str, text: str, timeout: float = 30, *, answer_errors: bool = False
+) -> tuple[int, dict[str, Any]]:
+    """POST one task to a runtime: (HTTP status, JSON body). With `answer_errors`, a runtime that does not
+    answer gives (-1, {"error": ...}) instead of raising (a smoke test judges it like any failure)."""
+    import requests
+
+    try:
+        answer = requests.post(
+            f"{url.rstrip('/')}/v1/tasks",
+            json={"input": text},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=timeout,
+        )
+    except requests.RequestException as exc:
+        if not answer_errors:
+            raise
+        return -1, {"error": f"no answer ({exc})"}
+    try:
+        body = answer.json()
+    except ValueError:
+        return answer.status_code, {"error": answer.text}
+    return answer.status_code, body if isinstance(body, dict) else {}
+
+
 def check_answer(
     case: Mapping[str, Any], status: int, answer: Mapping[str, Any], constraints: Iterable[str], seconds: float
 ) -> dict[str, Any]:
@@ -320,9 +334,6 @@ def smoke(
 ) -> dict[str, Any]:
     """The bundle's tests of `categories` sent to a runtime already serving it at `url` (a release's
     candidate slot, straight to its port), judged as `run` judges them."""
-    import urllib.error
-    import urllib.request
-
     from . import bundle as bundle_mod
 
     started = time.monotonic()
@@ -333,25 +344,8 @@ def smoke(
     results = []
     for case in (c for c in cases(loaded.files) if c.get("category") in wanted):
         t0 = time.monotonic()
-        request = urllib.request.Request(  # noqa: S310 (the slot's URL, from the inventory)
-            f"{url.rstrip('/')}/v1/tasks",
-            data=json.dumps({"input": case["when"]["input"]}).encode(),
-            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
-            method="POST",
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as answer:  # noqa: S310
-                status, body = answer.status, answer.read()
-        except urllib.error.HTTPError as exc:
-            status, body = exc.code, exc.read()
-        except (urllib.error.URLError, OSError) as exc:
-            status, body = -1, json.dumps({"error": f"no answer ({exc})"}).encode()
-        try:
-            parsed = json.loads(body or b"{}")
-        except ValueError:
-            parsed = {"error": body.decode("utf-8", "replace")}
-        results.append(check_answer(case, status, parsed if isinstance(parsed, dict) else {}, constraints,
-                                    time.monotonic() - t0))  # fmt: skip
+        status, parsed = post_task(url, token, case["when"]["input"], timeout, answer_errors=True)
+        results.append(check_answer(case, status, parsed, constraints, time.monotonic() - t0))
     return {**summarise(results), "agent": loaded.agent, "version": loaded.version, "url": url,
             "duration_s": round(time.monotonic() - started, 2)}  # fmt: skip
 
